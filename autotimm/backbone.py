@@ -1,0 +1,188 @@
+"""timm backbones: configuration, creation (hub or local weights) and discovery."""
+
+from __future__ import annotations
+
+import difflib
+import sys
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import timm
+from timm.models import load_pretrained
+from torch import nn
+
+__all__ = ["BackboneConfig", "PretrainedWeightsUnavailableError", "create_backbone", "list_backbones"]
+
+
+class PretrainedWeightsUnavailableError(RuntimeError):
+    """Pretrained weights were asked for but could not be fetched or found."""
+
+
+@dataclass
+class BackboneConfig:
+    """How to build a headless timm backbone.
+
+    Every field is passed on to :func:`timm.create_model`.
+
+    Args:
+        model_name: A timm model name, optionally with a pretrained tag
+            (``"resnet50"``, ``"resnet50.a1_in1k"``); see :func:`list_backbones`.
+        pretrained: Download ImageNet weights through timm (needs the Hugging
+            Face hub or a filled cache).
+        checkpoint_path: A local ``.pth``/``.bin``/``.safetensors`` state dict
+            to load instead of hub weights. A classifier in the file is dropped.
+        drop_rate: Dropout rate on the pooled features.
+        drop_path_rate: Stochastic depth rate, for models that support it.
+        in_chans: Input channels; pretrained first-layer weights are adapted.
+        extra_kwargs: Any further keyword arguments for ``timm.create_model``
+            (for example ``{"global_pool": "max"}``).
+    """
+
+    model_name: str
+    pretrained: bool = True
+    checkpoint_path: str | Path | None = None
+    drop_rate: float = 0.0
+    drop_path_rate: float = 0.0
+    in_chans: int = 3
+    extra_kwargs: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("drop_rate", "drop_path_rate"):
+            value = getattr(self, name)
+            if not 0.0 <= value < 1.0:
+                raise ValueError(f"BackboneConfig `{name}` must be in [0, 1), got {value!r}")
+        if not isinstance(self.in_chans, int) or self.in_chans < 1:
+            raise ValueError(f"BackboneConfig `in_chans` must be a positive int, got {self.in_chans!r}")
+        reserved = {"num_classes", "pretrained", "drop_rate", "drop_path_rate", "in_chans"} & set(self.extra_kwargs)
+        if reserved:
+            raise ValueError(f"BackboneConfig `extra_kwargs` must not set {sorted(reserved)}; use the fields")
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain-data form, for hyper-parameters and checkpoints."""
+        data = asdict(self)
+        data["checkpoint_path"] = None if self.checkpoint_path is None else str(self.checkpoint_path)
+        return data
+
+
+def list_backbones(pattern: str = "*", pretrained: bool = False) -> list[str]:
+    """Search timm's catalogue of backbones.
+
+    Args:
+        pattern: A shell-style wildcard, e.g. ``"*resnet*"``.
+        pretrained: List only models with pretrained weights, with their tags
+            (``"resnet50.a1_in1k"``).
+
+    Returns:
+        Sorted model names.
+    """
+    return timm.list_models(pattern, pretrained=pretrained)
+
+
+def _check_model_name(name: str) -> None:
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) or timm.is_model(name):
+        return
+    if "." in name and timm.is_model(name.split(".", 1)[0]):
+        return  # an architecture with a pretrained tag; timm checks the tag
+    close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
+    hint = f" Closest timm names: {', '.join(close)}." if close else ""
+    raise ValueError(f"Unknown backbone {name!r}.{hint} Use autotimm.list_backbones('*pattern*') to search.")
+
+
+def _without_classifier(model: nn.Module) -> Any:
+    """A timm ``filter_fn`` that applies the model's own checkpoint filter, then drops the classifier."""
+    model_filter = getattr(sys.modules[type(model).__module__], "checkpoint_filter_fn", None)
+    classifiers = model.pretrained_cfg.get("classifier") or ()
+    classifiers = (classifiers,) if isinstance(classifiers, str) else classifiers
+
+    def filter_fn(state_dict: dict[str, Any], model: nn.Module) -> dict[str, Any]:
+        if model_filter is not None:
+            state_dict = model_filter(state_dict, model)
+        prefixes = tuple(f"{name}." for name in classifiers)
+        return {k: v for k, v in state_dict.items() if not k.startswith(prefixes)}
+
+    return filter_fn
+
+
+def _load_checkpoint(model: nn.Module, path: Path, model_name: str, in_chans: int) -> None:
+    """Load a local state dict into a headless backbone, strictly.
+
+    timm's ``pretrained_cfg_overlay(file=...)`` loads files too, but for a
+    headless model it silently turns strict loading off, so a mismatched file
+    would load nothing. This keeps timm's loader (formats, nested keys, input
+    conv adaptation, model filters) and fails loudly on any mismatch.
+    """
+    if not path.is_file():
+        raise FileNotFoundError(f"BackboneConfig `checkpoint_path` {str(path)!r} does not exist or is not a file")
+    cfg = {**model.pretrained_cfg, "file": str(path), "source": "", "num_classes": 0}
+    try:
+        load_pretrained(model, cfg, num_classes=0, in_chans=in_chans, filter_fn=_without_classifier(model), strict=True)
+    except RuntimeError as err:
+        raise ValueError(
+            f"BackboneConfig `checkpoint_path` {str(path)!r} does not fit backbone {model_name!r}: {err}"
+        ) from err
+
+
+def _is_network_error(err: BaseException) -> bool:
+    while err is not None:
+        module = type(err).__module__.split(".")[0]
+        if isinstance(err, (OSError, ConnectionError, TimeoutError)) or module in {"huggingface_hub", "httpx", "requests"}:
+            return True
+        err = err.__cause__ or err.__context__
+    return False
+
+
+def create_backbone(backbone: str | BackboneConfig) -> nn.Module:
+    """Create a headless timm backbone (``num_classes=0``).
+
+    The returned model maps images to pooled features; its width is
+    ``model.num_features``.
+
+    Args:
+        backbone: A timm model name or a :class:`BackboneConfig`. A bare name
+            means ``BackboneConfig(name)``, i.e. with pretrained weights.
+
+    Returns:
+        The timm model, with ``num_features`` and ``pretrained_cfg``.
+
+    Raises:
+        ValueError: Unknown model name (with the closest names), or a
+            checkpoint that does not fit.
+        FileNotFoundError: ``checkpoint_path`` does not exist.
+        PretrainedWeightsUnavailableError: ``pretrained=True`` and the weights
+            cannot be downloaded (offline) or found in the cache.
+
+    Example:
+        >>> model = create_backbone(BackboneConfig("resnet18", pretrained=False))
+        >>> model.num_features
+        512
+    """
+    cfg = BackboneConfig(backbone) if isinstance(backbone, str) else backbone
+    if not isinstance(cfg, BackboneConfig):
+        raise ValueError(f"`backbone` must be a model name or a BackboneConfig, got {type(backbone).__name__}")
+    _check_model_name(cfg.model_name)
+    use_hub = cfg.pretrained and cfg.checkpoint_path is None
+    kwargs: dict[str, Any] = dict(num_classes=0, in_chans=cfg.in_chans, **cfg.extra_kwargs)
+    # Passed only when set: not every architecture takes them.
+    if cfg.drop_rate:
+        kwargs["drop_rate"] = cfg.drop_rate
+    if cfg.drop_path_rate:
+        kwargs["drop_path_rate"] = cfg.drop_path_rate
+    try:
+        model = timm.create_model(cfg.model_name, pretrained=use_hub, **kwargs)
+    except Exception as err:
+        if use_hub and _is_network_error(err):
+            raise PretrainedWeightsUnavailableError(
+                f"Could not get pretrained weights for backbone {cfg.model_name!r}: the Hugging Face hub is "
+                f"unreachable and the weights are not in the local cache ({type(err).__name__}: {err}). "
+                "To proceed offline, either use random initialisation with "
+                f"BackboneConfig({cfg.model_name!r}, pretrained=False); or load a local state dict with "
+                f"BackboneConfig({cfg.model_name!r}, checkpoint_path='weights.safetensors'); or fill the "
+                "Hugging Face cache (HF_HOME) on a machine with internet and set HF_HUB_OFFLINE=1."
+            ) from err
+        if isinstance(err, TypeError):
+            raise ValueError(f"timm model {cfg.model_name!r} rejected the backbone arguments: {err}") from err
+        raise
+    if cfg.checkpoint_path is not None:
+        _load_checkpoint(model, Path(cfg.checkpoint_path), cfg.model_name, cfg.in_chans)
+    return model

@@ -1,0 +1,163 @@
+"""Optimizer registry and factory.
+
+Every optimizer name accepted by :class:`~autotimm.ImageClassifier` is registered
+here, once. Torch optimizers are built from their classes; the timm optimizers
+are built by timm's own factory, :func:`timm.optim.create_optimizer_v2`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Collection, Iterable
+from typing import Any
+
+import torch
+from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from torch import nn
+
+from autotimm.registry import Registry, import_from_path
+
+__all__ = [
+    "OptimizerSpec",
+    "create_optimizer",
+    "get_optimizer",
+    "list_optimizers",
+    "register_optimizer",
+]
+
+#: An optimizer name from :func:`list_optimizers`, or
+#: ``{"class": "dotted.path.Optimizer", "params": {...}}``.
+OptimizerSpec = str | dict[str, Any]
+
+_OPTIMIZERS = Registry("optimizer", argument="optimizer")
+
+OptimizerFactory = Callable[..., torch.optim.Optimizer]
+
+
+def register_optimizer(name: str) -> Callable[[OptimizerFactory], OptimizerFactory]:
+    """Register an optimizer factory under ``name``.
+
+    The factory is called as ``factory(param_groups, lr=lr, **kwargs)`` and
+    returns a :class:`torch.optim.Optimizer`. Each parameter group already
+    carries its ``weight_decay``.
+
+    Example:
+        >>> import torch
+        >>> @register_optimizer("my_sgd")
+        ... def _my_sgd(params, lr, **kwargs):
+        ...     return torch.optim.SGD(params, lr=lr, **kwargs)
+    """
+    return _OPTIMIZERS.register(name)
+
+
+def list_optimizers() -> list[str]:
+    """Return every optimizer name that ``optimizer=`` accepts."""
+    return _OPTIMIZERS.names()
+
+
+def get_optimizer(name: str) -> OptimizerFactory:
+    """Return the factory registered under ``name``.
+
+    Raises:
+        ValueError: For an unknown name; the message lists the accepted names.
+    """
+    return _OPTIMIZERS.get(name)
+
+
+def _torch_factory(cls: type[torch.optim.Optimizer], **defaults: Any) -> OptimizerFactory:
+    def factory(params: Iterable[Any], lr: float, **kwargs: Any) -> torch.optim.Optimizer:
+        return cls(params, lr=lr, **{**defaults, **kwargs})
+
+    factory.__doc__ = f"Build :class:`{cls.__module__}.{cls.__name__}`."
+    return factory
+
+
+def _timm_factory(opt_name: str) -> OptimizerFactory:
+    def factory(params: Iterable[Any], lr: float, **kwargs: Any) -> torch.optim.Optimizer:
+        # Groups carry their own weight decay, so timm's own grouping is off.
+        return create_optimizer_v2(list(params), opt=opt_name, lr=lr, filter_bias_and_bn=False, **kwargs)
+
+    factory.__doc__ = f"Build timm's {opt_name!r} optimizer through timm.optim.create_optimizer_v2."
+    return factory
+
+
+# SGD without momentum is rarely what anyone wants; 0.9 matches timm and fastai.
+for _name, _cls, _defaults in (
+    ("adamw", torch.optim.AdamW, {}),
+    ("adam", torch.optim.Adam, {}),
+    ("sgd", torch.optim.SGD, {"momentum": 0.9}),
+    ("rmsprop", torch.optim.RMSprop, {}),
+    ("adagrad", torch.optim.Adagrad, {}),
+):
+    register_optimizer(_name)(_torch_factory(_cls, **_defaults))
+
+for _name in ("adamp", "sgdp", "adabelief", "radam", "lamb", "lars", "madgrad", "novograd"):
+    register_optimizer(_name)(_timm_factory(_name))
+
+
+def _parameter_groups(
+    model: nn.Module, weight_decay: float, no_weight_decay: Collection[str]
+) -> list[dict[str, Any]]:
+    """Trainable parameters, with weight decay off for biases, norms and ``no_weight_decay``."""
+    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay)
+    if not groups:
+        raise ValueError("the model has no trainable parameters to optimize (is everything frozen?)")
+    return groups
+
+
+def create_optimizer(
+    model: nn.Module,
+    optimizer: OptimizerSpec = "adamw",
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    optimizer_kwargs: dict[str, Any] | None = None,
+    no_weight_decay: Collection[str] = (),
+) -> torch.optim.Optimizer:
+    """Build an optimizer over the trainable parameters of ``model``.
+
+    Parameters with ``requires_grad=False`` are left out. Weight decay applies
+    to weight matrices and kernels only: biases, normalisation parameters
+    (every 1-d tensor) and the names in ``no_weight_decay`` get none.
+
+    Args:
+        model: The module whose trainable parameters are optimized.
+        optimizer: A name from :func:`list_optimizers`, or
+            ``{"class": "torch.optim.AdamW", "params": {...}}`` for any
+            optimizer class by dotted path.
+        lr: Learning rate.
+        weight_decay: Weight decay for the decayed group.
+        optimizer_kwargs: Extra constructor arguments; they override ``params``
+            of the dict form.
+        no_weight_decay: Parameter names (``fnmatch`` patterns) never decayed,
+            e.g. a ViT's position embedding.
+
+    Returns:
+        The optimizer.
+
+    Raises:
+        ValueError: For an unknown name, a malformed dict, or arguments the
+            optimizer does not accept.
+    """
+    groups = _parameter_groups(model, weight_decay, no_weight_decay)
+    kwargs = dict(optimizer_kwargs or {})
+    if isinstance(optimizer, dict):
+        unknown = set(optimizer) - {"class", "params"}
+        if "class" not in optimizer or unknown:
+            raise ValueError(
+                f"`optimizer` dict must have the keys 'class' and optionally 'params', got {sorted(optimizer)}"
+            )
+        cls = import_from_path(optimizer["class"], argument="optimizer")
+        if not (isinstance(cls, type) and issubclass(cls, torch.optim.Optimizer)):
+            raise ValueError(f"`optimizer` class {optimizer['class']!r} is not a torch.optim.Optimizer subclass")
+        factory: OptimizerFactory = _torch_factory(cls)
+        kwargs = {**optimizer.get("params", {}), **kwargs}
+        label = optimizer["class"]
+    elif isinstance(optimizer, str):
+        factory = get_optimizer(optimizer)
+        label = optimizer
+    else:
+        raise ValueError(f"`optimizer` must be a name or a dict, got {type(optimizer).__name__}: {optimizer!r}")
+    kwargs.setdefault("lr", lr)
+    try:
+        return factory(groups, **kwargs)
+    except TypeError as err:
+        raise ValueError(f"optimizer {label!r} rejected its arguments {sorted(kwargs)}: {err}") from err
