@@ -23,11 +23,11 @@ class PretrainedWeightsUnavailableError(RuntimeError):
 class BackboneConfig:
     """How to build a headless timm backbone.
 
-    Every field is passed on to :func:`timm.create_model`.
+    Every field is passed on to `timm.create_model`.
 
     Args:
         model_name: A timm model name, optionally with a pretrained tag
-            (``"resnet50"``, ``"resnet50.a1_in1k"``); see :func:`list_backbones`.
+            (``"resnet50"``, ``"resnet50.a1_in1k"``); see `list_backbones`.
         pretrained: Download ImageNet weights through timm (needs the Hugging
             Face hub or a filled cache).
         checkpoint_path: A local ``.pth``/``.bin``/``.safetensors`` state dict
@@ -126,7 +126,11 @@ def _load_checkpoint(model: nn.Module, path: Path, model_name: str, in_chans: in
 def _is_network_error(err: BaseException) -> bool:
     while err is not None:
         module = type(err).__module__.split(".")[0]
-        if isinstance(err, (OSError, ConnectionError, TimeoutError)) or module in {"huggingface_hub", "httpx", "requests"}:
+        if isinstance(err, (OSError, ConnectionError, TimeoutError)) or module in {
+            "huggingface_hub",
+            "httpx",
+            "requests",
+        }:
             return True
         err = err.__cause__ or err.__context__
     return False
@@ -139,7 +143,7 @@ def create_backbone(backbone: str | BackboneConfig) -> nn.Module:
     ``model.num_features``.
 
     Args:
-        backbone: A timm model name or a :class:`BackboneConfig`. A bare name
+        backbone: A timm model name or a `BackboneConfig`. A bare name
             means ``BackboneConfig(name)``, i.e. with pretrained weights.
 
     Returns:

@@ -50,23 +50,23 @@ def _require(name: str, value: Any, ok: bool, accepted: str) -> None:
 
 
 class ImageClassifier(pl.LightningModule):
-    """End-to-end image classifier: a headless timm backbone and a :class:`ClassificationHead`.
+    """End-to-end image classifier: a headless timm backbone and a `ClassificationHead`.
 
     Args:
-        backbone: A timm model name or a :class:`~autotimm.BackboneConfig`. A bare
+        backbone: A timm model name or a [`BackboneConfig`][autotimm.BackboneConfig]. A bare
             name downloads pretrained weights; pass
             ``BackboneConfig(name, pretrained=False)`` offline.
         num_classes: Number of target classes (>= 1).
-        metrics: A :class:`~autotimm.MetricManager` or a list of
-            :class:`~autotimm.MetricConfig`. ``None`` means accuracy, top-5
+        metrics: A [`MetricManager`][autotimm.MetricManager] or a list of
+            [`MetricConfig`][autotimm.MetricConfig]. ``None`` means accuracy, top-5
             accuracy (more than five classes) and macro F1.
-        logging_config: Extra diagnostics to log; see :class:`~autotimm.LoggingConfig`.
+        logging_config: Extra diagnostics to log; see [`LoggingConfig`][autotimm.LoggingConfig].
         lr: Learning rate (> 0).
         weight_decay: Weight decay (>= 0), never applied to biases and norms.
-        optimizer: A name from :func:`~autotimm.list_optimizers` or
+        optimizer: A name from [`list_optimizers`][autotimm.list_optimizers] or
             ``{"class": "torch.optim.AdamW", "params": {...}}``.
         optimizer_kwargs: Extra optimizer arguments.
-        scheduler: A name from :func:`~autotimm.list_schedulers`, ``None``, or
+        scheduler: A name from [`list_schedulers`][autotimm.list_schedulers], ``None``, or
             ``{"class": "...", "params": {...}}``.
         scheduler_kwargs: Extra scheduler arguments, plus ``warmup_epochs`` or
             ``warmup_steps`` for a linear warm-up.
@@ -266,7 +266,9 @@ class ImageClassifier(pl.LightningModule):
         self.val_confusion_matrix_values = matrix.cpu()
         loggers = self.trainer.loggers
         if loggers:
-            log_figure(loggers, "val/confusion_matrix", confusion_matrix_figure(matrix, self.class_names), self.global_step)
+            log_figure(
+                loggers, "val/confusion_matrix", confusion_matrix_figure(matrix, self.class_names), self.global_step
+            )
 
     # ------------------------------------------------------------- optimizers
     def _training_length(self) -> tuple[float | None, int | None]:
@@ -294,11 +296,15 @@ class ImageClassifier(pl.LightningModule):
         )
         total, per_epoch = self._training_length()
         configs = create_scheduler(
-            optimizer, self.hparams.scheduler, self.hparams.scheduler_kwargs, total_steps=total, steps_per_epoch=per_epoch
+            optimizer,
+            self.hparams.scheduler,
+            self.hparams.scheduler_kwargs,
+            total_steps=total,
+            steps_per_epoch=per_epoch,
         )
         self._warmup = next((c["scheduler"] for c in configs if isinstance(c["scheduler"], LinearWarmup)), None)
         return ([optimizer], configs) if configs else optimizer
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
-        """Step torch, timm and warm-up schedulers alike (see :func:`autotimm.schedulers.step_scheduler`)."""
+        """Step torch, timm and warm-up schedulers alike (see [`step_scheduler`][autotimm.schedulers.step_scheduler])."""
         step_scheduler(scheduler, metric, self.trainer.global_step, self.current_epoch, self._warmup)

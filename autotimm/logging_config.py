@@ -17,7 +17,7 @@ __all__ = ["LoggingConfig", "confusion_matrix_figure", "log_figure", "total_norm
 
 @dataclass
 class LoggingConfig:
-    """Switches for the extra values :class:`~autotimm.ImageClassifier` logs.
+    """Switches for the extra values [`ImageClassifier`][autotimm.ImageClassifier] logs.
 
     Args:
         log_learning_rate: Log ``train/lr``, the learning rate of the first
@@ -45,7 +45,7 @@ class LoggingConfig:
 def total_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     """Global L2 norm of ``tensors`` as one tensor, with no per-tensor device sync.
 
-    Uses :func:`torch.nn.utils.get_total_norm` (fused per-device norms), so the
+    Uses `torch.nn.utils.get_total_norm` (fused per-device norms), so the
     only sync is when the logger reads the value.
     """
     tensors = [t.detach() for t in tensors]

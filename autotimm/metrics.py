@@ -41,7 +41,7 @@ class MetricConfig:
             digits, ``_`` and ``-`` only.
         backend: ``"torchmetrics"`` (look ``metric_class`` up in torchmetrics)
             or ``"custom"`` (``metric_class`` is a dotted path to a
-            :class:`torchmetrics.Metric` subclass).
+            `torchmetrics.Metric` subclass).
         metric_class: Class name such as ``"Accuracy"``, ``"F1Score"``,
             ``"MulticlassAUROC"``, or a dotted path.
         params: Constructor arguments. ``num_classes`` (and ``task="multiclass"``)
@@ -88,9 +88,7 @@ class MetricConfig:
         self.resolve_class()
 
     def __repr__(self) -> str:  # short, so that doctest output stays readable
-        return (
-            f"MetricConfig(name={self.name!r}, backend={self.backend!r}, metric_class={self.metric_class!r}, ...)"
-        )
+        return f"MetricConfig(name={self.name!r}, backend={self.backend!r}, metric_class={self.metric_class!r}, ...)"
 
     def resolve_class(self) -> type[Metric]:
         """Return the metric class ``metric_class`` names.
@@ -157,7 +155,7 @@ def default_metrics(num_classes: int) -> list[MetricConfig]:
 class MetricManager(nn.Module):
     """Builds and holds one metric instance per configured stage.
 
-    The instances live in :class:`torch.nn.ModuleDict` s (``train_metrics``,
+    The instances live in `torch.nn.ModuleDict` s (``train_metrics``,
     ``val_metrics``, ``test_metrics``), so they move with the model to its device.
 
     Args:

@@ -1,8 +1,8 @@
 """Optimizer registry and factory.
 
-Every optimizer name accepted by :class:`~autotimm.ImageClassifier` is registered
+Every optimizer name accepted by [`ImageClassifier`][autotimm.ImageClassifier] is registered
 here, once. Torch optimizers are built from their classes; the timm optimizers
-are built by timm's own factory, :func:`timm.optim.create_optimizer_v2`.
+are built by timm's own factory, `timm.optim.create_optimizer_v2`.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ __all__ = [
     "register_optimizer",
 ]
 
-#: An optimizer name from :func:`list_optimizers`, or
+#: An optimizer name from `list_optimizers`, or
 #: ``{"class": "dotted.path.Optimizer", "params": {...}}``.
 OptimizerSpec = str | dict[str, Any]
 
@@ -37,7 +37,7 @@ def register_optimizer(name: str) -> Callable[[OptimizerFactory], OptimizerFacto
     """Register an optimizer factory under ``name``.
 
     The factory is called as ``factory(param_groups, lr=lr, **kwargs)`` and
-    returns a :class:`torch.optim.Optimizer`. Each parameter group already
+    returns a `torch.optim.Optimizer`. Each parameter group already
     carries its ``weight_decay``.
 
     Example:
@@ -67,7 +67,7 @@ def _torch_factory(cls: type[torch.optim.Optimizer], **defaults: Any) -> Optimiz
     def factory(params: Iterable[Any], lr: float, **kwargs: Any) -> torch.optim.Optimizer:
         return cls(params, lr=lr, **{**defaults, **kwargs})
 
-    factory.__doc__ = f"Build :class:`{cls.__module__}.{cls.__name__}`."
+    factory.__doc__ = f"Build `{cls.__module__}.{cls.__name__}`."
     return factory
 
 
@@ -94,9 +94,7 @@ for _name in ("adamp", "sgdp", "adabelief", "radam", "lamb", "lars", "madgrad", 
     register_optimizer(_name)(_timm_factory(_name))
 
 
-def _parameter_groups(
-    model: nn.Module, weight_decay: float, no_weight_decay: Collection[str]
-) -> list[dict[str, Any]]:
+def _parameter_groups(model: nn.Module, weight_decay: float, no_weight_decay: Collection[str]) -> list[dict[str, Any]]:
     """Trainable parameters, with weight decay off for biases, norms and ``no_weight_decay``."""
     groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay)
     if not groups:
@@ -120,7 +118,7 @@ def create_optimizer(
 
     Args:
         model: The module whose trainable parameters are optimized.
-        optimizer: A name from :func:`list_optimizers`, or
+        optimizer: A name from `list_optimizers`, or
             ``{"class": "torch.optim.AdamW", "params": {...}}`` for any
             optimizer class by dotted path.
         lr: Learning rate.

@@ -1,6 +1,6 @@
 """Name registries shared by the optimizer and scheduler factories.
 
-A :class:`Registry` maps a lower-case name to a factory, in the style of timm's
+A `Registry` maps a lower-case name to a factory, in the style of timm's
 ``timm/models/_registry.py``: factories are added with a decorator, looked up by
 name, and an unknown name fails with the list of accepted names.
 """
@@ -97,9 +97,7 @@ def import_from_path(path: str, argument: str) -> Any:
             the module has no such attribute.
     """
     if not isinstance(path, str) or "." not in path:
-        raise ValueError(
-            f"`{argument}` class must be a dotted path like 'torch.optim.AdamW', got {path!r}"
-        )
+        raise ValueError(f"`{argument}` class must be a dotted path like 'torch.optim.AdamW', got {path!r}")
     module_name, _, attr = path.rpartition(".")
     try:
         module = importlib.import_module(module_name)

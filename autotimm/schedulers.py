@@ -32,7 +32,7 @@ __all__ = [
     "step_scheduler",
 ]
 
-#: A scheduler name from :func:`list_schedulers`, ``None``/``"none"``, or
+#: A scheduler name from `list_schedulers`, ``None``/``"none"``, or
 #: ``{"class": "dotted.path.Scheduler", "params": {...}, "interval": "epoch"}``.
 SchedulerSpec = str | dict[str, Any] | None
 
@@ -71,7 +71,7 @@ def register_scheduler(name: str) -> Callable[[SchedulerFactory], SchedulerFacto
     """Register a scheduler factory under ``name``.
 
     The factory is called as ``factory(optimizer, context, **scheduler_kwargs)``
-    with a :class:`SchedulerContext` and returns a Lightning scheduler config:
+    with a `SchedulerContext` and returns a Lightning scheduler config:
     ``{"scheduler": ..., "interval": "step" | "epoch"}`` plus ``"monitor"``
     for metric-driven schedulers.
     """
@@ -183,7 +183,7 @@ class LinearWarmup:
     group rises linearly, ``target * (i + 1) / (warmup_steps + 1)`` at step
     ``i``, then it is set to exactly ``target``, the learning rate the main
     schedule starts from, and the warm-up leaves the optimizer alone. While it
-    runs, :func:`step_scheduler` holds the main schedule back.
+    runs, `step_scheduler` holds the main schedule back.
 
     Torch's ``SequentialLR`` cannot do this: it mixes neither per-epoch with
     per-step schedules nor ``ReduceLROnPlateau`` or timm schedulers.
@@ -222,7 +222,7 @@ class LinearWarmup:
         return {"warmup_steps": self.warmup_steps, "target_lrs": list(self.target_lrs), "last_step": self.last_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore the state saved by :meth:`state_dict`."""
+        """Restore the state saved by `state_dict`."""
         self.warmup_steps = state_dict["warmup_steps"]
         self.target_lrs = list(state_dict["target_lrs"])
         self.last_step = state_dict["last_step"]
@@ -253,7 +253,7 @@ def create_scheduler(
 
     Args:
         optimizer: The optimizer to schedule.
-        scheduler: A name from :func:`list_schedulers`, ``None``/``"none"``, or
+        scheduler: A name from `list_schedulers`, ``None``/``"none"``, or
             ``{"class": "torch.optim.lr_scheduler.X", "params": {...}}`` with
             optional ``"interval"`` (default ``"epoch"``) and ``"monitor"``.
         scheduler_kwargs: Constructor arguments, plus ``warmup_epochs`` or
@@ -264,7 +264,7 @@ def create_scheduler(
 
     Returns:
         A list of Lightning scheduler configs: empty for no scheduling, the main
-        schedule, and a per-step :class:`LinearWarmup` last when warm-up is on.
+        schedule, and a per-step `LinearWarmup` last when warm-up is on.
 
     Raises:
         ValueError: For an unknown name, bad arguments, or a warm-up as long as
@@ -308,7 +308,7 @@ def step_scheduler(
 ) -> None:
     """Step one scheduler the way its kind requires.
 
-    Called from :meth:`ImageClassifier.lr_scheduler_step`. Torch schedulers get
+    Called from `ImageClassifier.lr_scheduler_step`. Torch schedulers get
     ``step()`` (``step(metric)`` for ``ReduceLROnPlateau``); timm schedulers get
     ``step_update(num_updates)`` or ``step(epoch)``; the main schedule waits
     while a warm-up runs and then counts from zero.

@@ -45,8 +45,12 @@ def make_synthetic_dataset(
         >>> images.shape, labels.tolist().count(0)
         (torch.Size([6, 3, 8, 8]), 2)
     """
-    for name, value, low in (("num_classes", num_classes, 2), ("samples_per_class", samples_per_class, 1),
-                             ("image_size", image_size, 4), ("channels", channels, 1)):
+    for name, value, low in (
+        ("num_classes", num_classes, 2),
+        ("samples_per_class", samples_per_class, 1),
+        ("image_size", image_size, 4),
+        ("channels", channels, 1),
+    ):
         if value < low:
             raise ValueError(f"`{name}` must be >= {low}, got {value!r}")
     gen = torch.Generator().manual_seed(pattern_seed)
