@@ -306,5 +306,8 @@ class ImageClassifier(pl.LightningModule):
         return ([optimizer], configs) if configs else optimizer
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
-        """Step torch, timm and warm-up schedulers alike (see [`step_scheduler`][autotimm.schedulers.step_scheduler])."""
+        """Step torch, timm and warm-up schedulers alike.
+
+        See [`step_scheduler`][autotimm.schedulers.step_scheduler].
+        """
         step_scheduler(scheduler, metric, self.trainer.global_step, self.current_epoch, self._warmup)
