@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -127,6 +128,8 @@ class ImageClassifier(pl.LightningModule):
             if len(class_names) != num_classes:
                 raise ValueError(f"`class_names` has {len(class_names)} names for num_classes={num_classes}")
 
+        if isinstance(metrics, MetricManager) and metrics.num_classes != num_classes:
+            raise ValueError(f"`metrics` was built for {metrics.num_classes} classes, but num_classes={num_classes}")
         backbone_cfg = _backbone_config(backbone)
         metric_configs = _metric_configs(metrics, num_classes)
         if isinstance(logging_config, dict):
@@ -168,6 +171,8 @@ class ImageClassifier(pl.LightningModule):
         if freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()
+            # The frozen backbone is in eval mode on purpose; Lightning would warn about it at every fit.
+            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
     # ------------------------------------------------------------------ model
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -220,7 +225,7 @@ class ImageClassifier(pl.LightningModule):
             x, target = self._mixup(x, y)
         logits = self(x)
         loss = self.criterion(logits, target)
-        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
         self._log_metrics("train", logits, target.argmax(1) if target.ndim == 2 else target)
         if self.logging_config.log_learning_rate and self._trainer is not None:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)

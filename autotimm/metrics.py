@@ -83,6 +83,8 @@ class MetricConfig:
             raise ValueError(
                 f"MetricConfig {self.name!r}: unknown `stages` {bad or self.stages!r}; accepted: {', '.join(STAGES)}"
             )
+        if not (self.log_on_step or self.log_on_epoch):
+            raise ValueError(f"MetricConfig {self.name!r} logs nothing: set log_on_step or log_on_epoch")
         if not isinstance(self.params, dict):
             raise ValueError(f"MetricConfig {self.name!r}: `params` must be a dict, got {self.params!r}")
         self.resolve_class()
