@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import timm
-from timm.models import load_pretrained
+from timm.models import get_arch_pretrained_cfgs, load_pretrained
 from torch import nn
 
 __all__ = ["BackboneConfig", "PretrainedWeightsUnavailableError", "create_backbone", "list_backbones"]
@@ -48,13 +48,18 @@ class BackboneConfig:
     extra_kwargs: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        if not isinstance(self.model_name, str) or not self.model_name:
+            raise ValueError(f"BackboneConfig `model_name` must be a timm model name, got {self.model_name!r}")
         for name in ("drop_rate", "drop_path_rate"):
             value = getattr(self, name)
-            if not 0.0 <= value < 1.0:
-                raise ValueError(f"BackboneConfig `{name}` must be in [0, 1), got {value!r}")
-        if not isinstance(self.in_chans, int) or self.in_chans < 1:
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
+                raise ValueError(f"BackboneConfig `{name}` must be a number in [0, 1), got {value!r}")
+        if isinstance(self.in_chans, bool) or not isinstance(self.in_chans, int) or self.in_chans < 1:
             raise ValueError(f"BackboneConfig `in_chans` must be a positive int, got {self.in_chans!r}")
-        reserved = {"num_classes", "pretrained", "drop_rate", "drop_path_rate", "in_chans"} & set(self.extra_kwargs)
+        fields = {"num_classes", "pretrained", "checkpoint_path", "drop_rate", "drop_path_rate", "in_chans"}
+        if not isinstance(self.extra_kwargs, dict):
+            raise ValueError(f"BackboneConfig `extra_kwargs` must be a dict, got {self.extra_kwargs!r}")
+        reserved = fields & set(self.extra_kwargs)
         if reserved:
             raise ValueError(f"BackboneConfig `extra_kwargs` must not set {sorted(reserved)}; use the fields")
 
@@ -80,10 +85,14 @@ def list_backbones(pattern: str = "*", pretrained: bool = False) -> list[str]:
 
 
 def _check_model_name(name: str) -> None:
-    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")) or timm.is_model(name):
+    if name.startswith(("hf-hub:", "hf_hub:", "local-dir:")):
         return
-    if "." in name and timm.is_model(name.split(".", 1)[0]):
-        return  # an architecture with a pretrained tag; timm checks the tag
+    arch, _, tag = name.partition(".")
+    if timm.is_model(arch):  # timm.is_model ignores the tag, so check it here
+        tags = get_arch_pretrained_cfgs(arch)
+        if not tag or name in tags:
+            return
+        raise ValueError(f"Unknown pretrained tag {tag!r} for backbone {arch!r}. Known: {', '.join(tags) or 'none'}.")
     close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
     hint = f" Closest timm names: {', '.join(close)}." if close else ""
     raise ValueError(f"Unknown backbone {name!r}.{hint} Use autotimm.list_backbones('*pattern*') to search.")
@@ -114,7 +123,8 @@ def _load_checkpoint(model: nn.Module, path: Path, model_name: str, in_chans: in
     """
     if not path.is_file():
         raise FileNotFoundError(f"BackboneConfig `checkpoint_path` {str(path)!r} does not exist or is not a file")
-    cfg = {**model.pretrained_cfg, "file": str(path), "source": "", "num_classes": 0}
+    # custom_load=False: some default cfgs (e.g. ViT augreg) route files to a JAX .npz loader.
+    cfg = {**model.pretrained_cfg, "file": str(path), "source": "", "num_classes": 0, "custom_load": False}
     try:
         load_pretrained(model, cfg, num_classes=0, in_chans=in_chans, filter_fn=_without_classifier(model), strict=True)
     except RuntimeError as err:

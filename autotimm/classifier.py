@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import math
-import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -11,6 +10,7 @@ import pytorch_lightning as pl
 import torch
 from timm.data.mixup import mixup_target
 from torch import nn
+from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from autotimm.backbone import BackboneConfig, create_backbone
@@ -45,9 +45,13 @@ def _metric_configs(metrics: Any, num_classes: int) -> list[MetricConfig]:
     return [MetricConfig(**m) if isinstance(m, dict) else m for m in metrics]
 
 
-def _require(name: str, value: Any, ok: bool, accepted: str) -> None:
+def _require(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> None:
+    """Raise unless ``value`` is a number in the range; the message names argument, value and range."""
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = is_number and (value > low if low_open else value >= low) and (high is None or value < high)
     if not ok:
-        raise ValueError(f"`{name}` must be {accepted}, got {value!r}")
+        accepted = f"in [{low:g}, {high:g})" if high is not None else f"{'>' if low_open else '>='} {low:g}"
+        raise ValueError(f"`{name}` must be a number {accepted}, got {value!r}")
 
 
 class ImageClassifier(pl.LightningModule):
@@ -109,20 +113,34 @@ class ImageClassifier(pl.LightningModule):
         class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        is_int = isinstance(num_classes, int) and not isinstance(num_classes, bool)
-        _require("num_classes", num_classes, is_int and num_classes >= 1, "an int >= 1")
-        _require("lr", lr, lr > 0, "> 0")
-        _require("weight_decay", weight_decay, weight_decay >= 0, ">= 0")
-        _require("head_dropout", head_dropout, 0 <= head_dropout < 1, "in [0, 1)")
-        _require("label_smoothing", label_smoothing, 0 <= label_smoothing < 1, "in [0, 1)")
-        _require("mixup_alpha", mixup_alpha, mixup_alpha >= 0, ">= 0 (0 disables mixup)")
+        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+            raise ValueError(
+                f"`num_classes` must be an int >= 2 (a softmax classifier needs two classes), got {num_classes!r}"
+            )
+        _require("lr", lr, 0, low_open=True)
+        _require("weight_decay", weight_decay, 0)
+        _require("head_dropout", head_dropout, 0, 1)
+        _require("label_smoothing", label_smoothing, 0, 1)
+        _require("mixup_alpha", mixup_alpha, 0)
+        # Fail now, with the accepted values, rather than at fit time.
         if isinstance(optimizer, str):
-            get_optimizer(optimizer)  # fail now, with the accepted names, not at fit time
+            get_optimizer(optimizer)
+        elif not isinstance(optimizer, dict):
+            raise ValueError(
+                f"`optimizer` must be a name from list_optimizers() or a {{'class': ..., 'params': ...}} dict, "
+                f"got {optimizer!r}"
+            )
         if isinstance(scheduler, str):
             get_scheduler(scheduler)
+        elif not (scheduler is None or isinstance(scheduler, dict)):
+            raise ValueError(
+                f"`scheduler` must be a name from list_schedulers(), None or a {{'class': ...}} dict, got {scheduler!r}"
+            )
         for name, value in (("optimizer_kwargs", optimizer_kwargs), ("scheduler_kwargs", scheduler_kwargs)):
             if value is not None and not isinstance(value, dict):
                 raise ValueError(f"`{name}` must be a dict or None, got {value!r}")
+        if scheduler_kwargs and {"warmup_steps", "warmup_epochs"} <= scheduler_kwargs.keys():
+            raise ValueError("`scheduler_kwargs` takes warmup_epochs or warmup_steps, not both")
         if class_names is not None:
             class_names = [str(c) for c in class_names]
             if len(class_names) != num_classes:
@@ -162,6 +180,7 @@ class ImageClassifier(pl.LightningModule):
 
         self.backbone = create_backbone(backbone_cfg)
         self.head = ClassificationHead(self.backbone.num_features, num_classes, dropout=head_dropout)
+        # Training loss; val/test losses are plain cross-entropy, as in timm's train.py.
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
         self.metrics = metrics if isinstance(metrics, MetricManager) else MetricManager(metric_configs, num_classes)
         if self.logging_config.log_confusion_matrix:
@@ -169,15 +188,19 @@ class ImageClassifier(pl.LightningModule):
         self.val_confusion_matrix_values: torch.Tensor | None = None
         self._warmup: LinearWarmup | None = None
         if freeze_backbone:
+            # Eval mode is set in on_train_start: Lightning keeps each module's mode
+            # and warns about modules already in eval mode when fit starts.
             self.backbone.requires_grad_(False)
-            self.backbone.eval()
-            # The frozen backbone is in eval mode on purpose; Lightning would warn about it at every fit.
-            warnings.filterwarnings("ignore", message=r"Found \d+ module\(s\) in eval mode at the start of training")
 
     # ------------------------------------------------------------------ model
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits ``(N, num_classes)`` for images ``(N, C, H, W)``."""
         return self.head(self.backbone(x))
+
+    def on_train_start(self) -> None:
+        """Put a frozen backbone in eval mode, so BatchNorm statistics stay fixed through fit."""
+        if self.hparams.freeze_backbone:
+            self.backbone.eval()
 
     def train(self, mode: bool = True) -> ImageClassifier:
         """Set training mode; a frozen backbone always stays in eval mode (fixed BatchNorm statistics)."""
@@ -208,7 +231,7 @@ class ImageClassifier(pl.LightningModule):
     def _evaluate(self, batch: Sequence[torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch[0], batch[1]
         logits = self(x)
-        loss = self.criterion(logits, y)
+        loss = F.cross_entropy(logits, y)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x))
         self._log_metrics(stage, logits, y)
         return loss, logits, y

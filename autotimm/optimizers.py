@@ -124,7 +124,8 @@ def create_optimizer(
         lr: Learning rate.
         weight_decay: Weight decay for the decayed group.
         optimizer_kwargs: Extra constructor arguments; they override ``params``
-            of the dict form.
+            of the dict form. A ``weight_decay`` among either replaces the
+            ``weight_decay`` argument.
         no_weight_decay: Parameter names (``fnmatch`` patterns) never decayed,
             e.g. a ViT's position embedding.
 
@@ -135,7 +136,6 @@ def create_optimizer(
         ValueError: For an unknown name, a malformed dict, or arguments the
             optimizer does not accept.
     """
-    groups = _parameter_groups(model, weight_decay, no_weight_decay)
     kwargs = dict(optimizer_kwargs or {})
     if isinstance(optimizer, dict):
         unknown = set(optimizer) - {"class", "params"}
@@ -154,6 +154,8 @@ def create_optimizer(
         label = optimizer
     else:
         raise ValueError(f"`optimizer` must be a name or a dict, got {type(optimizer).__name__}: {optimizer!r}")
+    # Each group carries its own weight decay, which overrides the constructor's.
+    groups = _parameter_groups(model, kwargs.pop("weight_decay", weight_decay), no_weight_decay)
     kwargs.setdefault("lr", lr)
     try:
         return factory(groups, **kwargs)

@@ -66,7 +66,7 @@ class Registry:
             ValueError: If ``name`` is unknown; the message names the bad value,
                 the closest matches and every accepted name.
         """
-        key = name.lower() if isinstance(name, str) else name
+        key = name.lower() if isinstance(name, str) else None
         if key not in self._entries:
             close = difflib.get_close_matches(str(name).lower(), self._entries, n=3)
             hint = f" Did you mean {', '.join(map(repr, close))}?" if close else ""

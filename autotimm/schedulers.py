@@ -138,7 +138,8 @@ def _exponential(optimizer: torch.optim.Optimizer, ctx: SchedulerContext, **kwar
 @register_scheduler("plateau")
 def _plateau(optimizer: torch.optim.Optimizer, ctx: SchedulerContext, **kwargs: Any) -> dict[str, Any]:
     monitor = kwargs.pop("monitor", "val/loss")
-    kwargs.setdefault("mode", "max" if monitor.endswith(("acc", "accuracy", "f1")) else "min")
+    higher_is_better = ("acc", "f1", "auroc", "precision", "recall", "iou")
+    kwargs.setdefault("mode", "max" if any(k in monitor.rsplit("/", 1)[-1] for k in higher_is_better) else "min")
     kwargs.setdefault("factor", 0.1)
     kwargs.setdefault("patience", 10)
     scheduler = lr_scheduler.ReduceLROnPlateau(optimizer, **kwargs)
@@ -328,7 +329,9 @@ def step_scheduler(
         return  # still warming up
     if isinstance(scheduler, TimmScheduler):
         if scheduler.t_in_epochs:
-            scheduler.step(epoch=current_epoch + 1, metric=metric)
+            # Epochs are of equal length, so this many epoch ends fell within the warm-up.
+            warmup_epochs = offset * (current_epoch + 1) // global_step
+            scheduler.step(epoch=current_epoch + 1 - warmup_epochs, metric=metric)
         else:
             scheduler.step_update(num_updates=global_step - offset, metric=metric)
     elif metric is None:

@@ -7,14 +7,14 @@ import os
 # Never wait on the network: the hub is unreachable on these machines.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
+from pathlib import Path
+from typing import Any
 
-import pytest  # noqa: E402
-import pytorch_lightning as pl  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
+import pytest
+import pytorch_lightning as pl
+from torch.utils.data import DataLoader
 
-from autotimm import make_synthetic_dataset  # noqa: E402
+from autotimm import make_synthetic_dataset
 
 NUM_CLASSES = 4
 IMAGE_SIZE = 32

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import warnings
 
 import pytest
 import pytorch_lightning as pl
@@ -63,7 +64,9 @@ def test_linear_probe_keeps_backbone_and_bn_stats_bit_identical(tmp_path, train_
             modes.append((pl_module.backbone.training, pl_module.head.training))
 
     trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[Watch()], num_sanity_val_steps=1)
-    trainer.fit(model, train_loader, val_loader)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", UserWarning)  # e.g. Lightning's "modules in eval mode" warning
+        trainer.fit(model, train_loader, val_loader)
 
     optimized = {id(p) for group in trainer.optimizers[0].param_groups for p in group["params"]}
     assert optimized == {id(p) for p in model.head.parameters()}
@@ -117,6 +120,18 @@ def test_mixup_mixes_inputs_and_targets():
     torch.testing.assert_close(mixed[1], lam * x[1] + (1 - lam) * x[3])
 
 
+def test_label_smoothing_applies_to_the_training_loss_only():
+    model = _model(label_smoothing=0.1).eval()
+    x, y = torch.randn(4, 3, 32, 32), torch.tensor([0, 1, 2, 3])
+    logits = model(x)
+    assert model.training_step((x, y), 0).item() == pytest.approx(
+        nn.functional.cross_entropy(logits, y, label_smoothing=0.1).item(), rel=1e-5
+    )
+    assert model.validation_step((x, y), 0).item() == pytest.approx(
+        nn.functional.cross_entropy(logits, y).item(), rel=1e-5
+    )
+
+
 def test_mixup_and_label_smoothing_train(tmp_path, train_loader):
     model = _model(mixup_alpha=0.2, label_smoothing=0.1, head_dropout=0.5)
     assert model.criterion.label_smoothing == 0.1
@@ -140,15 +155,24 @@ def test_unknown_optimizer_and_scheduler_fail_at_construction():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"num_classes": 0}, r"`num_classes` must be an int >= 1, got 0"),
-        ({"num_classes": 2.5}, r"`num_classes` must be an int >= 1, got 2.5"),
-        ({"lr": 0.0}, r"`lr` must be > 0, got 0.0"),
-        ({"lr": -1e-3}, r"`lr` must be > 0, got -0.001"),
-        ({"weight_decay": -0.1}, r"`weight_decay` must be >= 0, got -0.1"),
-        ({"label_smoothing": 1.0}, r"`label_smoothing` must be in \[0, 1\), got 1.0"),
-        ({"label_smoothing": -0.1}, r"`label_smoothing` must be in \[0, 1\), got -0.1"),
-        ({"head_dropout": 1.0}, r"`head_dropout` must be in \[0, 1\), got 1.0"),
-        ({"mixup_alpha": -0.5}, r"`mixup_alpha` must be >= 0 \(0 disables mixup\), got -0.5"),
+        ({"num_classes": 0}, r"`num_classes` must be an int >= 2 \(a softmax classifier needs two classes\), got 0"),
+        ({"num_classes": 1}, r"`num_classes` must be an int >= 2 .*, got 1"),
+        ({"num_classes": 2.5}, r"`num_classes` must be an int >= 2 .*, got 2.5"),
+        ({"lr": 0.0}, r"`lr` must be a number > 0, got 0.0"),
+        ({"lr": -1e-3}, r"`lr` must be a number > 0, got -0.001"),
+        ({"lr": "0.1"}, r"`lr` must be a number > 0, got '0.1'"),
+        ({"weight_decay": -0.1}, r"`weight_decay` must be a number >= 0, got -0.1"),
+        ({"weight_decay": None}, r"`weight_decay` must be a number >= 0, got None"),
+        ({"label_smoothing": 1.0}, r"`label_smoothing` must be a number in \[0, 1\), got 1.0"),
+        ({"label_smoothing": -0.1}, r"`label_smoothing` must be a number in \[0, 1\), got -0.1"),
+        ({"head_dropout": 1.0}, r"`head_dropout` must be a number in \[0, 1\), got 1.0"),
+        ({"mixup_alpha": -0.5}, r"`mixup_alpha` must be a number >= 0, got -0.5"),
+        ({"optimizer": 3}, r"`optimizer` must be a name from list_optimizers\(\) or a .* dict, got 3"),
+        ({"scheduler": 5}, r"`scheduler` must be a name from list_schedulers\(\), None or a .* dict, got 5"),
+        (
+            {"scheduler_kwargs": {"warmup_steps": 1, "warmup_epochs": 1}},
+            r"`scheduler_kwargs` takes warmup_epochs or warmup_steps, not both",
+        ),
         ({"class_names": ["a", "b"]}, r"`class_names` has 2 names for num_classes=4"),
         ({"optimizer_kwargs": [1]}, r"`optimizer_kwargs` must be a dict or None, got \[1\]"),
         ({"backbone": 3}, r"`backbone` must be a model name or a BackboneConfig, got int"),

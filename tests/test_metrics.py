@@ -62,7 +62,10 @@ def test_default_metrics():
     ("kwargs", "message"),
     [
         ({"metric_class": "Acuracy"}, r"torchmetrics has no metric_class 'Acuracy'; did you mean 'Accuracy'"),
-        ({"metric_class": "Accuracy", "backend": "sklearn"}, r"unknown `backend` 'sklearn'; accepted: torchmetrics, custom"),
+        (
+            {"metric_class": "Accuracy", "backend": "sklearn"},
+            r"unknown `backend` 'sklearn'; accepted: torchmetrics, custom",
+        ),
         ({"metric_class": "Accuracy", "stages": ["train", "predict"]}, r"unknown `stages` \['predict'\]"),
         ({"metric_class": "Accuracy", "stages": []}, r"unknown `stages` \[\]"),
         ({"metric_class": ""}, r"`metric_class` is required"),
