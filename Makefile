@@ -25,7 +25,7 @@ lint: $(STAMP)
 	$(BIN)/ruff format --check autotimm tests benchmarks
 
 docs: $(STAMP)
-	$(BIN)/mkdocs build --strict --quiet
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --quiet
 
 test: lint docs
 	HF_HUB_OFFLINE=1 $(BIN)/python -m pytest

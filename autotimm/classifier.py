@@ -54,6 +54,49 @@ def _require(name: str, value: Any, low: float, high: float | None = None, low_o
         raise ValueError(f"`{name}` must be a number {accepted}, got {value!r}")
 
 
+def _check_arguments(
+    num_classes: Any,
+    lr: Any,
+    weight_decay: Any,
+    optimizer: Any,
+    optimizer_kwargs: Any,
+    scheduler: Any,
+    scheduler_kwargs: Any,
+    head_dropout: Any,
+    label_smoothing: Any,
+    mixup_alpha: Any,
+) -> None:
+    """Validate ImageClassifier's arguments now, naming the argument, the value and what is accepted."""
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            f"`num_classes` must be an int >= 2 (a softmax classifier needs two classes), got {num_classes!r}"
+        )
+    _require("lr", lr, 0, low_open=True)
+    _require("weight_decay", weight_decay, 0)
+    _require("head_dropout", head_dropout, 0, 1)
+    _require("label_smoothing", label_smoothing, 0, 1)
+    _require("mixup_alpha", mixup_alpha, 0)
+    # Fail now, with the accepted values, rather than at fit time.
+    if isinstance(optimizer, str):
+        get_optimizer(optimizer)
+    elif not isinstance(optimizer, dict):
+        raise ValueError(
+            f"`optimizer` must be a name from list_optimizers() or a {{'class': ..., 'params': ...}} dict, "
+            f"got {optimizer!r}"
+        )
+    if isinstance(scheduler, str):
+        get_scheduler(scheduler)
+    elif not (scheduler is None or isinstance(scheduler, dict)):
+        raise ValueError(
+            f"`scheduler` must be a name from list_schedulers(), None or a {{'class': ...}} dict, got {scheduler!r}"
+        )
+    for name, value in (("optimizer_kwargs", optimizer_kwargs), ("scheduler_kwargs", scheduler_kwargs)):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"`{name}` must be a dict or None, got {value!r}")
+    if scheduler_kwargs and {"warmup_steps", "warmup_epochs"} <= scheduler_kwargs.keys():
+        raise ValueError("`scheduler_kwargs` takes warmup_epochs or warmup_steps, not both")
+
+
 class ImageClassifier(pl.LightningModule):
     """End-to-end image classifier: a headless timm backbone and a `ClassificationHead`.
 
@@ -113,34 +156,18 @@ class ImageClassifier(pl.LightningModule):
         class_names: Sequence[str] | None = None,
     ) -> None:
         super().__init__()
-        if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-            raise ValueError(
-                f"`num_classes` must be an int >= 2 (a softmax classifier needs two classes), got {num_classes!r}"
-            )
-        _require("lr", lr, 0, low_open=True)
-        _require("weight_decay", weight_decay, 0)
-        _require("head_dropout", head_dropout, 0, 1)
-        _require("label_smoothing", label_smoothing, 0, 1)
-        _require("mixup_alpha", mixup_alpha, 0)
-        # Fail now, with the accepted values, rather than at fit time.
-        if isinstance(optimizer, str):
-            get_optimizer(optimizer)
-        elif not isinstance(optimizer, dict):
-            raise ValueError(
-                f"`optimizer` must be a name from list_optimizers() or a {{'class': ..., 'params': ...}} dict, "
-                f"got {optimizer!r}"
-            )
-        if isinstance(scheduler, str):
-            get_scheduler(scheduler)
-        elif not (scheduler is None or isinstance(scheduler, dict)):
-            raise ValueError(
-                f"`scheduler` must be a name from list_schedulers(), None or a {{'class': ...}} dict, got {scheduler!r}"
-            )
-        for name, value in (("optimizer_kwargs", optimizer_kwargs), ("scheduler_kwargs", scheduler_kwargs)):
-            if value is not None and not isinstance(value, dict):
-                raise ValueError(f"`{name}` must be a dict or None, got {value!r}")
-        if scheduler_kwargs and {"warmup_steps", "warmup_epochs"} <= scheduler_kwargs.keys():
-            raise ValueError("`scheduler_kwargs` takes warmup_epochs or warmup_steps, not both")
+        _check_arguments(
+            num_classes=num_classes,
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            optimizer_kwargs=optimizer_kwargs,
+            scheduler=scheduler,
+            scheduler_kwargs=scheduler_kwargs,
+            head_dropout=head_dropout,
+            label_smoothing=label_smoothing,
+            mixup_alpha=mixup_alpha,
+        )
         if class_names is not None:
             class_names = [str(c) for c in class_names]
             if len(class_names) != num_classes:
@@ -182,7 +209,7 @@ class ImageClassifier(pl.LightningModule):
         self.head = ClassificationHead(self.backbone.num_features, num_classes, dropout=head_dropout)
         # Training loss; val/test losses are plain cross-entropy, as in timm's train.py.
         self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.metrics = metrics if isinstance(metrics, MetricManager) else MetricManager(metric_configs, num_classes)
+        self.metrics = MetricManager(metric_configs, num_classes)  # fresh instances, never shared between models
         if self.logging_config.log_confusion_matrix:
             self.val_confusion_matrix = MulticlassConfusionMatrix(num_classes=num_classes)
         self.val_confusion_matrix_values: torch.Tensor | None = None

@@ -41,10 +41,13 @@ def register_optimizer(name: str) -> Callable[[OptimizerFactory], OptimizerFacto
     carries its ``weight_decay``.
 
     Example:
-        >>> import torch
-        >>> @register_optimizer("my_sgd")
-        ... def _my_sgd(params, lr, **kwargs):
-        ...     return torch.optim.SGD(params, lr=lr, **kwargs)
+        ```python
+        @register_optimizer("nesterov_sgd")
+        def nesterov_sgd(params, lr, **kwargs):
+            return torch.optim.SGD(params, lr=lr, momentum=0.9, nesterov=True, **kwargs)
+
+        model = ImageClassifier("resnet18", num_classes=10, optimizer="nesterov_sgd")
+        ```
     """
     return _OPTIMIZERS.register(name)
 

@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import pytorch_lightning as pl
+import torch
 from torch.utils.data import DataLoader
 
 from autotimm import make_synthetic_dataset
@@ -32,11 +33,21 @@ def val_loader() -> DataLoader:
     return DataLoader(data, batch_size=48)
 
 
-def make_trainer(root: Path, max_epochs: int = 2, **kwargs: Any) -> pl.Trainer:
-    """A quiet trainer writing under ``root``."""
+@pytest.fixture
+def single_thread():
+    """Run on one torch thread: for tiny tensors, thread start-up and contention cost more than they save."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def make_trainer(root: Path | None = None, max_epochs: int = 2, **kwargs: Any) -> pl.Trainer:
+    """A quiet CPU trainer (writing under ``root`` when given)."""
     options: dict[str, Any] = dict(
         max_epochs=max_epochs,
-        default_root_dir=str(root),
+        accelerator="cpu",
+        default_root_dir=None if root is None else str(root),
         logger=False,
         enable_checkpointing=False,
         enable_progress_bar=False,

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import make_trainer
 from torch import nn
 from torch.utils.data import DataLoader
 
@@ -39,16 +36,10 @@ ALL_NAMES = [*TORCH_OPTIMIZERS, *TIMM_OPTIMIZERS]
 LEARNING_RATES = {"lars": 1.0}
 TINY_BACKBONE = BackboneConfig("test_resnet", pretrained=False)
 
-pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors: thread start-up and contention on a shared 2-core machine cost more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`"),
+    pytest.mark.usefixtures("single_thread"),
+]
 
 
 def _separable_data() -> tuple[torch.Tensor, torch.Tensor]:
@@ -88,20 +79,6 @@ def _group_of(optimizer: torch.optim.Optimizer) -> dict[int, dict]:
 def _loader(num_batches: int = 3, batch_size: int = 4) -> DataLoader:
     data = make_synthetic_dataset(num_classes=2, samples_per_class=num_batches * batch_size // 2, image_size=16)
     return DataLoader(data, batch_size=batch_size)
-
-
-def _trainer(**kwargs) -> pl.Trainer:
-    options = dict(
-        max_epochs=1,
-        accelerator="cpu",
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        num_sanity_val_steps=0,
-    )
-    options.update(kwargs)
-    return pl.Trainer(**options)
 
 
 # ---------------------------------------------------------------- registry
@@ -204,7 +181,7 @@ def test_every_optimizer_trains_an_image_classifier_end_to_end(name):
         def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
             losses.append(float(outputs["loss"]))
 
-    trainer = _trainer(callbacks=[Record()])
+    trainer = make_trainer(max_epochs=1, callbacks=[Record()])
     trainer.fit(model, _loader(num_batches=3))
     assert trainer.global_step == 3
     optimizer = trainer.optimizers[0]
@@ -274,7 +251,7 @@ def test_dict_form_optimizer_trains_in_a_fit():
     spec = {"class": "torch.optim.SGD", "params": {"momentum": 0.5, "nesterov": True}}
     model = ImageClassifier(TINY_BACKBONE, num_classes=2, optimizer=spec, lr=0.05, scheduler=None)
     weight = model.head.fc.weight.detach().clone()
-    trainer = _trainer()
+    trainer = make_trainer(max_epochs=1)
     trainer.fit(model, _loader(num_batches=2))
     optimizer = trainer.optimizers[0]
     assert type(optimizer) is torch.optim.SGD

@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import itertools
 import math
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import pytest
 import pytorch_lightning as pl
 import torch
+from conftest import make_trainer
 from timm.scheduler import CosineLRScheduler
 from torch import nn
 from torch.optim import lr_scheduler
@@ -32,16 +30,10 @@ TINY_BACKBONE = BackboneConfig("test_resnet", pretrained=False)
 SCHEDULERS = ["none", "cosine", "onecycle", "step", "multistep", "exponential", "plateau", "cosine_with_restarts"]
 CAWR = "torch.optim.lr_scheduler.CosineAnnealingWarmRestarts"
 
-pytestmark = pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`")
-
-
-@pytest.fixture(autouse=True)
-def _single_thread():
-    # Tiny tensors: thread start-up and contention on a shared 2-core machine cost more than they save.
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = [
+    pytest.mark.filterwarnings("ignore:You defined a `validation_step` but have no `val_dataloader`"),
+    pytest.mark.usefixtures("single_thread"),
+]
 
 
 class LRRecorder(pl.Callback):
@@ -82,20 +74,9 @@ def _fit(
     model: ImageClassifier, epochs: int = 3, val: bool = False, ckpt_path=None, **trainer_kwargs
 ) -> tuple[pl.Trainer, LRRecorder]:
     recorder = LRRecorder()
-    options = dict(
-        max_epochs=epochs,
-        accelerator="cpu",
-        limit_train_batches=STEPS_PER_EPOCH,
-        limit_val_batches=1 if val else 0,
-        num_sanity_val_steps=0,
-        logger=False,
-        enable_checkpointing=False,
-        enable_progress_bar=False,
-        enable_model_summary=False,
-        callbacks=[recorder],
-    )
+    options = dict(limit_train_batches=STEPS_PER_EPOCH, limit_val_batches=1 if val else 0, callbacks=[recorder])
     options.update(trainer_kwargs)
-    trainer = pl.Trainer(**options)
+    trainer = make_trainer(max_epochs=epochs, **options)
     trainer.fit(model, _loader(), _loader() if val else None, ckpt_path=ckpt_path)
     return trainer, recorder
 
