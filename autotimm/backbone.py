@@ -12,7 +12,13 @@ import timm
 from timm.models import get_arch_pretrained_cfgs, load_pretrained
 from torch import nn
 
-__all__ = ["BackboneConfig", "PretrainedWeightsUnavailableError", "create_backbone", "list_backbones"]
+__all__ = [
+    "BackboneConfig",
+    "PretrainedWeightsUnavailableError",
+    "as_backbone_config",
+    "create_backbone",
+    "list_backbones",
+]
 
 
 class PretrainedWeightsUnavailableError(RuntimeError):
@@ -68,6 +74,21 @@ class BackboneConfig:
         data = asdict(self)
         data["checkpoint_path"] = None if self.checkpoint_path is None else str(self.checkpoint_path)
         return data
+
+
+def as_backbone_config(backbone: str | BackboneConfig | dict[str, Any]) -> BackboneConfig:
+    """Turn a model name, a config, or a config's dict form into a [`BackboneConfig`][autotimm.BackboneConfig].
+
+    Raises:
+        ValueError: For any other type.
+    """
+    if isinstance(backbone, BackboneConfig):
+        return backbone
+    if isinstance(backbone, str):
+        return BackboneConfig(backbone)
+    if isinstance(backbone, dict):
+        return BackboneConfig(**backbone)
+    raise ValueError(f"`backbone` must be a model name or a BackboneConfig, got {type(backbone).__name__}")
 
 
 def list_backbones(pattern: str = "*", pretrained: bool = False) -> list[str]:
@@ -171,9 +192,7 @@ def create_backbone(backbone: str | BackboneConfig) -> nn.Module:
         >>> model.num_features
         512
     """
-    cfg = BackboneConfig(backbone) if isinstance(backbone, str) else backbone
-    if not isinstance(cfg, BackboneConfig):
-        raise ValueError(f"`backbone` must be a model name or a BackboneConfig, got {type(backbone).__name__}")
+    cfg = as_backbone_config(backbone)
     _check_model_name(cfg.model_name)
     use_hub = cfg.pretrained and cfg.checkpoint_path is None
     kwargs: dict[str, Any] = dict(num_classes=0, in_chans=cfg.in_chans, **cfg.extra_kwargs)

@@ -8,50 +8,20 @@ from typing import Any
 
 import pytorch_lightning as pl
 import torch
-from timm.data.mixup import mixup_target
 from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
-from autotimm.backbone import BackboneConfig, create_backbone
+from autotimm.backbone import BackboneConfig, as_backbone_config, create_backbone
 from autotimm.head import ClassificationHead
 from autotimm.logging_config import LoggingConfig, confusion_matrix_figure, log_figure, total_norm
-from autotimm.metrics import MetricConfig, MetricManager, default_metrics
-from autotimm.optimizers import OptimizerSpec, create_optimizer, get_optimizer
-from autotimm.schedulers import LinearWarmup, SchedulerSpec, create_scheduler, get_scheduler, step_scheduler
+from autotimm.metrics import MetricConfig, MetricManager, as_metric_configs
+from autotimm.mixing import mix_batch
+from autotimm.optimizers import OptimizerSpec, check_optimizer_spec, create_optimizer
+from autotimm.schedulers import LinearWarmup, SchedulerSpec, check_scheduler_spec, create_scheduler, step_scheduler
+from autotimm.validation import check_class_names, check_class_weights, require_number
 
 __all__ = ["ImageClassifier"]
-
-
-def _backbone_config(backbone: str | BackboneConfig | dict[str, Any]) -> BackboneConfig:
-    if isinstance(backbone, BackboneConfig):
-        return backbone
-    if isinstance(backbone, str):
-        return BackboneConfig(backbone)
-    if isinstance(backbone, dict):
-        return BackboneConfig(**backbone)
-    raise ValueError(f"`backbone` must be a model name or a BackboneConfig, got {type(backbone).__name__}")
-
-
-def _metric_configs(metrics: Any, num_classes: int) -> list[MetricConfig]:
-    if metrics is None:
-        return default_metrics(num_classes)
-    if isinstance(metrics, MetricManager):
-        return list(metrics.configs)
-    if isinstance(metrics, MetricConfig):
-        metrics = [metrics]
-    if not isinstance(metrics, Sequence) or isinstance(metrics, str):
-        raise ValueError(f"`metrics` must be a MetricManager or a list of MetricConfig, got {metrics!r}")
-    return [MetricConfig(**m) if isinstance(m, dict) else m for m in metrics]
-
-
-def _require(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> None:
-    """Raise unless ``value`` is a number in the range; the message names argument, value and range."""
-    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
-    ok = is_number and (value > low if low_open else value >= low) and (high is None or value < high)
-    if not ok:
-        accepted = f"in [{low:g}, {high:g})" if high is not None else f"{'>' if low_open else '>='} {low:g}"
-        raise ValueError(f"`{name}` must be a number {accepted}, got {value!r}")
 
 
 def _check_arguments(
@@ -65,36 +35,25 @@ def _check_arguments(
     head_dropout: Any,
     label_smoothing: Any,
     mixup_alpha: Any,
+    cutmix_alpha: Any,
 ) -> None:
     """Validate ImageClassifier's arguments now, naming the argument, the value and what is accepted."""
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(
             f"`num_classes` must be an int >= 2 (a softmax classifier needs two classes), got {num_classes!r}"
         )
-    _require("lr", lr, 0, low_open=True)
-    _require("weight_decay", weight_decay, 0)
-    _require("head_dropout", head_dropout, 0, 1)
-    _require("label_smoothing", label_smoothing, 0, 1)
-    _require("mixup_alpha", mixup_alpha, 0)
+    require_number("lr", lr, 0, low_open=True)
+    require_number("weight_decay", weight_decay, 0)
+    require_number("head_dropout", head_dropout, 0, 1)
+    require_number("label_smoothing", label_smoothing, 0, 1)
+    require_number("mixup_alpha", mixup_alpha, 0)
+    require_number("cutmix_alpha", cutmix_alpha, 0)
     # Fail now, with the accepted values, rather than at fit time.
-    if isinstance(optimizer, str):
-        get_optimizer(optimizer)
-    elif not isinstance(optimizer, dict):
-        raise ValueError(
-            f"`optimizer` must be a name from list_optimizers() or a {{'class': ..., 'params': ...}} dict, "
-            f"got {optimizer!r}"
-        )
-    if isinstance(scheduler, str):
-        get_scheduler(scheduler)
-    elif not (scheduler is None or isinstance(scheduler, dict)):
-        raise ValueError(
-            f"`scheduler` must be a name from list_schedulers(), None or a {{'class': ...}} dict, got {scheduler!r}"
-        )
+    check_optimizer_spec(optimizer)
+    check_scheduler_spec(scheduler, scheduler_kwargs)
     for name, value in (("optimizer_kwargs", optimizer_kwargs), ("scheduler_kwargs", scheduler_kwargs)):
         if value is not None and not isinstance(value, dict):
             raise ValueError(f"`{name}` must be a dict or None, got {value!r}")
-    if scheduler_kwargs and {"warmup_steps", "warmup_epochs"} <= scheduler_kwargs.keys():
-        raise ValueError("`scheduler_kwargs` takes warmup_epochs or warmup_steps, not both")
 
 
 class ImageClassifier(pl.LightningModule):
@@ -104,7 +63,7 @@ class ImageClassifier(pl.LightningModule):
         backbone: A timm model name or a [`BackboneConfig`][autotimm.BackboneConfig]. A bare
             name downloads pretrained weights; pass
             ``BackboneConfig(name, pretrained=False)`` offline.
-        num_classes: Number of target classes (>= 1).
+        num_classes: Number of target classes (>= 2).
         metrics: A [`MetricManager`][autotimm.MetricManager] or a list of
             [`MetricConfig`][autotimm.MetricConfig]. ``None`` means accuracy, top-5
             accuracy (more than five classes) and macro F1.
@@ -125,6 +84,17 @@ class ImageClassifier(pl.LightningModule):
         mixup_alpha: Mixup's Beta(alpha, alpha) parameter in training; 0 disables.
         class_names: Names of the classes, in label order; defaults to
             ``"0" … "num_classes-1"``.
+        cutmix_alpha: CutMix's Beta(alpha, alpha) parameter in training; 0
+            disables. With ``mixup_alpha`` too, each batch uses one of the two.
+        multi_label: Multi-label classification: targets are multi-hot
+            ``(N, num_classes)``, the loss is binary cross-entropy, predictions
+            are per-class sigmoid probabilities and the default metrics are
+            multi-label ones.
+        class_weights: Per-class loss weights (``num_classes`` positive numbers),
+            e.g. from a data module with ``class_weights="balanced"``.
+        data_config: The preprocessing the model expects (timm's data config:
+            input size, mean, std, interpolation, crop fraction), stored with
+            the checkpoint; see [`apply_data_info`][autotimm.ImageClassifier.apply_data_info].
 
     Raises:
         ValueError: For any argument out of range or an unknown name; the
@@ -154,6 +124,10 @@ class ImageClassifier(pl.LightningModule):
         freeze_backbone: bool = False,
         mixup_alpha: float = 0.0,
         class_names: Sequence[str] | None = None,
+        cutmix_alpha: float = 0.0,
+        multi_label: bool = False,
+        class_weights: Sequence[float] | None = None,
+        data_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
         _check_arguments(
@@ -167,19 +141,20 @@ class ImageClassifier(pl.LightningModule):
             head_dropout=head_dropout,
             label_smoothing=label_smoothing,
             mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
         )
-        if class_names is not None:
-            class_names = [str(c) for c in class_names]
-            if len(class_names) != num_classes:
-                raise ValueError(f"`class_names` has {len(class_names)} names for num_classes={num_classes}")
+        class_names = check_class_names(class_names, num_classes)
+        class_weights = check_class_weights(class_weights, num_classes)
 
         if isinstance(metrics, MetricManager) and metrics.num_classes != num_classes:
             raise ValueError(f"`metrics` was built for {metrics.num_classes} classes, but num_classes={num_classes}")
-        backbone_cfg = _backbone_config(backbone)
-        metric_configs = _metric_configs(metrics, num_classes)
+        backbone_cfg = as_backbone_config(backbone)
+        metric_configs = as_metric_configs(metrics, num_classes, multi_label)
         if isinstance(logging_config, dict):
             logging_config = LoggingConfig(**logging_config)
         self.logging_config = logging_config or LoggingConfig()
+        if multi_label and self.logging_config.log_confusion_matrix:
+            raise ValueError("`logging_config.log_confusion_matrix` is for single-label models, not multi_label=True")
 
         # Saved as plain data so checkpoints load with torch's weights_only=True;
         # the weights live in the state dict, so loading never reaches the hub.
@@ -201,15 +176,18 @@ class ImageClassifier(pl.LightningModule):
                 "freeze_backbone": freeze_backbone,
                 "mixup_alpha": mixup_alpha,
                 "class_names": class_names,
+                "cutmix_alpha": cutmix_alpha,
+                "multi_label": multi_label,
+                "class_weights": class_weights,
+                "data_config": data_config,
             }
         )
         self.class_names: list[str] = class_names or [str(i) for i in range(num_classes)]
 
         self.backbone = create_backbone(backbone_cfg)
         self.head = ClassificationHead(self.backbone.num_features, num_classes, dropout=head_dropout)
-        # Training loss; val/test losses are plain cross-entropy, as in timm's train.py.
-        self.criterion = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
-        self.metrics = MetricManager(metric_configs, num_classes)  # fresh instances, never shared between models
+        self.criterion = self._make_criterion()
+        self.metrics = MetricManager(metric_configs, num_classes, multi_label)  # fresh, never shared
         if self.logging_config.log_confusion_matrix:
             self.val_confusion_matrix = MulticlassConfusionMatrix(num_classes=num_classes)
         self.val_confusion_matrix_values: torch.Tensor | None = None
@@ -237,13 +215,17 @@ class ImageClassifier(pl.LightningModule):
         return self
 
     # ------------------------------------------------------------------ steps
-    def _mixup(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # Not timm's Mixup class: it asserts an even batch size, and the last batch
-        # of an epoch is often odd. Same maths: mix with the flipped batch.
-        alpha = self.hparams.mixup_alpha
-        lam = float(torch.distributions.Beta(alpha, alpha).sample())
-        mixed = x * lam + x.flip(0) * (1.0 - lam)
-        return mixed, mixup_target(y, self.hparams.num_classes, lam=lam)
+    def _make_criterion(self) -> nn.Module:
+        """The training loss. Validation and test losses are unweighted, unsmoothed (as in timm's train.py)."""
+        weight = None if self.hparams.class_weights is None else torch.tensor(self.hparams.class_weights)
+        if self.hparams.multi_label:  # label smoothing is applied to the targets in training_step
+            return nn.BCEWithLogitsLoss(weight=weight)
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=self.hparams.label_smoothing)
+
+    def _eval_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.hparams.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, y.float())
+        return F.cross_entropy(logits, y)
 
     def _log_metrics(self, stage: str, logits: torch.Tensor, target: torch.Tensor) -> None:
         for cfg, metric in self.metrics.items(stage):
@@ -258,7 +240,7 @@ class ImageClassifier(pl.LightningModule):
     def _evaluate(self, batch: Sequence[torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch[0], batch[1]
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        loss = self._eval_loss(logits, y)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x))
         self._log_metrics(stage, logits, y)
         return loss, logits, y
@@ -267,16 +249,24 @@ class ImageClassifier(pl.LightningModule):
         """One training step on ``(images, labels)``; returns the loss.
 
         Logs ``train/loss``, the train metrics and, when asked, ``train/lr``.
-        With ``mixup_alpha > 0`` images and targets are mixed first.
+        With ``mixup_alpha`` or ``cutmix_alpha`` > 0 images and targets are mixed first.
         """
-        x, y = batch[0], batch[1]
-        target: torch.Tensor = y
-        if self.hparams.mixup_alpha > 0:
-            x, target = self._mixup(x, y)
+        hp = self.hparams
+        x, target = batch[0], batch[1]
+        if hp.mixup_alpha > 0 or hp.cutmix_alpha > 0:
+            x, target = mix_batch(
+                x, target, hp.num_classes, hp.mixup_alpha, hp.cutmix_alpha, multi_label=hp.multi_label
+            )
+        if hp.multi_label:
+            target = target.float() * (1 - hp.label_smoothing) + 0.5 * hp.label_smoothing
         logits = self(x)
         loss = self.criterion(logits, target)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
-        self._log_metrics("train", logits, target.argmax(1) if target.ndim == 2 else target)
+        if hp.multi_label:
+            hard = (target >= 0.5).long()
+        else:
+            hard = target.argmax(1) if target.ndim == 2 else target
+        self._log_metrics("train", logits, hard)
         if self.logging_config.log_learning_rate and self._trainer is not None:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
@@ -293,9 +283,53 @@ class ImageClassifier(pl.LightningModule):
         return self._evaluate(batch, "test")[0]
 
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
-        """Return class probabilities ``(N, num_classes)``; ``batch`` is images or ``(images, ...)``."""
+        """Return probabilities ``(N, num_classes)``; ``batch`` is images or ``(images, ...)``.
+
+        Softmax over classes, or a sigmoid per class for multi-label models.
+        """
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        return self(x).softmax(dim=1)
+        logits = self(x)
+        return logits.sigmoid() if self.hparams.multi_label else logits.softmax(dim=1)
+
+    def apply_data_info(
+        self,
+        class_names: Sequence[str],
+        data_config: dict[str, Any] | None = None,
+        class_weights: Sequence[float] | torch.Tensor | None = None,
+    ) -> None:
+        """Take class names, preprocessing and loss weights from the data.
+
+        Stored in the hyper-parameters, so checkpoints carry them and
+        ``load_from_checkpoint`` restores them. ``AutoTrainer.fit`` calls this
+        with the data module's values.
+
+        Args:
+            class_names: One name per class, in label order.
+            data_config: timm data config (input size, mean, std, ...).
+            class_weights: Per-class loss weights, or ``None`` to keep the current ones.
+
+        Raises:
+            ValueError: If the number of classes differs from ``num_classes``.
+        """
+        num_classes = self.hparams.num_classes
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"the data has {len(class_names)} classes ({', '.join(map(str, class_names[:10]))}"
+                f"{', ...' if len(class_names) > 10 else ''}) but the model was built with num_classes={num_classes}"
+            )
+        self.class_names = check_class_names(class_names, num_classes)
+        self.hparams["class_names"] = self.class_names
+        if data_config is not None:
+            self.hparams["data_config"] = dict(data_config)
+        if class_weights is not None:
+            weights = class_weights.tolist() if isinstance(class_weights, torch.Tensor) else class_weights
+            self.hparams["class_weights"] = check_class_weights(weights, num_classes)
+            self.criterion = self._make_criterion().to(self.device)
+
+    @property
+    def data_config(self) -> dict[str, Any] | None:
+        """The preprocessing the model expects (timm data config), when known."""
+        return self.hparams.data_config
 
     # ------------------------------------------------------------------ hooks
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:

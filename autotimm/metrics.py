@@ -15,7 +15,7 @@ from torchmetrics import Metric
 
 from autotimm.registry import import_from_path
 
-__all__ = ["BACKENDS", "STAGES", "MetricConfig", "MetricManager", "default_metrics"]
+__all__ = ["BACKENDS", "STAGES", "MetricConfig", "MetricManager", "as_metric_configs", "default_metrics"]
 
 #: Stages a metric can be computed in.
 STAGES = ("train", "val", "test")
@@ -116,8 +116,12 @@ class MetricConfig:
             )
         return cls
 
-    def build(self, num_classes: int) -> Metric:
-        """Instantiate the metric, injecting ``num_classes`` (and ``task``) when taken.
+    def build(self, num_classes: int, multi_label: bool = False) -> Metric:
+        """Instantiate the metric, injecting ``num_classes``, ``num_labels`` and ``task`` when taken.
+
+        Args:
+            num_classes: Number of classes (labels, for multi-label tasks).
+            multi_label: Default ``task`` to ``"multilabel"`` rather than ``"multiclass"``.
 
         Raises:
             ValueError: If the class rejects ``params``.
@@ -129,8 +133,10 @@ class MetricConfig:
         params = dict(self.params)
         if "num_classes" in accepted:
             params.setdefault("num_classes", num_classes)
+        if "num_labels" in accepted:
+            params.setdefault("num_labels", num_classes)
         if "task" in accepted:
-            params.setdefault("task", "multiclass")
+            params.setdefault("task", "multilabel" if multi_label else "multiclass")
         try:
             return cls(**params)
         except (TypeError, ValueError) as err:
@@ -141,17 +147,34 @@ class MetricConfig:
         return asdict(self)
 
 
-def default_metrics(num_classes: int) -> list[MetricConfig]:
+def default_metrics(num_classes: int, multi_label: bool = False) -> list[MetricConfig]:
     """The metrics used when none are given.
 
     Accuracy (in the progress bar), top-5 accuracy when there are more than
-    five classes, and macro-averaged F1.
+    five classes (single-label only), and macro-averaged F1.
     """
     configs = [MetricConfig(name="accuracy", metric_class="Accuracy", prog_bar=True)]
-    if num_classes > 5:
+    if num_classes > 5 and not multi_label:
         configs.append(MetricConfig(name="top5_accuracy", metric_class="Accuracy", params={"top_k": 5}))
     configs.append(MetricConfig(name="f1_macro", metric_class="F1Score", params={"average": "macro"}))
     return configs
+
+
+def as_metric_configs(metrics: Any, num_classes: int, multi_label: bool = False) -> list[MetricConfig]:
+    """Normalise the ``metrics`` argument: ``None`` (defaults), a manager, configs or their dict forms.
+
+    Raises:
+        ValueError: For anything else.
+    """
+    if metrics is None:
+        return default_metrics(num_classes, multi_label)
+    if isinstance(metrics, MetricManager):
+        return list(metrics.configs)
+    if isinstance(metrics, MetricConfig):
+        metrics = [metrics]
+    if not isinstance(metrics, Sequence) or isinstance(metrics, str):
+        raise ValueError(f"`metrics` must be a MetricManager or a list of MetricConfig, got {metrics!r}")
+    return [MetricConfig(**m) if isinstance(m, dict) else m for m in metrics]
 
 
 class MetricManager(nn.Module):
@@ -163,6 +186,7 @@ class MetricManager(nn.Module):
     Args:
         configs: The metric configurations.
         num_classes: Number of classes, injected into classification metrics.
+        multi_label: Build multi-label metrics (``task="multilabel"``) by default.
 
     Raises:
         ValueError: For duplicate names or any invalid configuration.
@@ -173,7 +197,7 @@ class MetricManager(nn.Module):
         ['accuracy']
     """
 
-    def __init__(self, configs: Sequence[MetricConfig], num_classes: int) -> None:
+    def __init__(self, configs: Sequence[MetricConfig], num_classes: int, multi_label: bool = False) -> None:
         super().__init__()
         configs = list(configs)
         for cfg in configs:
@@ -185,12 +209,13 @@ class MetricManager(nn.Module):
             raise ValueError(f"duplicate metric names: {duplicates}")
         self.configs = configs
         self.num_classes = num_classes
+        self.multi_label = multi_label
         self.train_metrics = nn.ModuleDict()
         self.val_metrics = nn.ModuleDict()
         self.test_metrics = nn.ModuleDict()
         for cfg in configs:
             for stage in cfg.stages:
-                self.get_metrics(stage)[cfg.name] = cfg.build(num_classes)
+                self.get_metrics(stage)[cfg.name] = cfg.build(num_classes, multi_label)
 
     def get_metrics(self, stage: str) -> nn.ModuleDict:
         """Return the metric instances of ``stage`` ("train", "val" or "test").

@@ -18,6 +18,7 @@ from autotimm.registry import Registry, import_from_path
 
 __all__ = [
     "OptimizerSpec",
+    "check_optimizer_spec",
     "create_optimizer",
     "get_optimizer",
     "list_optimizers",
@@ -64,6 +65,21 @@ def get_optimizer(name: str) -> OptimizerFactory:
         ValueError: For an unknown name; the message lists the accepted names.
     """
     return _OPTIMIZERS.get(name)
+
+
+def check_optimizer_spec(optimizer: Any) -> None:
+    """Check an ``optimizer`` argument early: a registered name or a dict.
+
+    Raises:
+        ValueError: For an unknown name (listing the accepted ones) or another type.
+    """
+    if isinstance(optimizer, str):
+        get_optimizer(optimizer)
+    elif not isinstance(optimizer, dict):
+        raise ValueError(
+            f"`optimizer` must be a name from list_optimizers() or a {{'class': ..., 'params': ...}} dict, "
+            f"got {optimizer!r}"
+        )
 
 
 def _torch_factory(cls: type[torch.optim.Optimizer], **defaults: Any) -> OptimizerFactory:

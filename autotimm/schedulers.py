@@ -25,6 +25,7 @@ __all__ = [
     "LinearWarmup",
     "SchedulerContext",
     "SchedulerSpec",
+    "check_scheduler_spec",
     "create_scheduler",
     "get_scheduler",
     "list_schedulers",
@@ -90,6 +91,23 @@ def get_scheduler(name: str | None) -> SchedulerFactory:
         ValueError: For an unknown name; the message lists the accepted names.
     """
     return _SCHEDULERS.get(name or "none")
+
+
+def check_scheduler_spec(scheduler: Any, scheduler_kwargs: dict[str, Any] | None = None) -> None:
+    """Check ``scheduler`` and its warm-up options early, before any optimizer exists.
+
+    Raises:
+        ValueError: For an unknown name (listing the accepted ones), another
+            type, or both ``warmup_epochs`` and ``warmup_steps``.
+    """
+    if isinstance(scheduler, str):
+        get_scheduler(scheduler)
+    elif not (scheduler is None or isinstance(scheduler, dict)):
+        raise ValueError(
+            f"`scheduler` must be a name from list_schedulers(), None or a {{'class': ...}} dict, got {scheduler!r}"
+        )
+    if isinstance(scheduler_kwargs, dict) and {"warmup_steps", "warmup_epochs"} <= scheduler_kwargs.keys():
+        raise ValueError("`scheduler_kwargs` takes warmup_epochs or warmup_steps, not both")
 
 
 @register_scheduler("none")

@@ -12,6 +12,7 @@ from conftest import NUM_CLASSES, make_trainer
 from torch import nn
 
 from autotimm import BackboneConfig, ImageClassifier, LoggingConfig, MetricConfig, MetricManager, create_backbone
+from autotimm.mixing import mix_batch
 
 RESNET = BackboneConfig("resnet18", pretrained=False)
 
@@ -111,7 +112,7 @@ def test_mixup_mixes_inputs_and_targets():
     x = torch.randn(5, 3, 8, 8)  # odd batch: timm's Mixup class would refuse it
     y = torch.tensor([0, 1, 2, 3, 0])
     torch.manual_seed(0)
-    mixed, target = model._mixup(x, y)
+    mixed, target = mix_batch(x, y, NUM_CLASSES, mixup_alpha=model.hparams.mixup_alpha)
     assert mixed.shape == x.shape and not torch.equal(mixed, x)
     assert target.shape == (5, NUM_CLASSES)
     torch.testing.assert_close(target.sum(1), torch.ones(5))

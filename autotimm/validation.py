@@ -1,0 +1,53 @@
+"""Argument checks shared by autotimm's public classes.
+
+Each check raises ``ValueError`` naming the argument, the bad value and what
+is accepted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+__all__ = ["check_class_names", "check_class_weights", "require_number"]
+
+
+def require_number(name: str, value: Any, low: float, high: float | None = None, low_open: bool = False) -> None:
+    """Raise unless ``value`` is a number (not a bool) in ``[low, high)``, or ``(low, high)`` with ``low_open``.
+
+    Raises:
+        ValueError: Naming ``name``, the value and the accepted range.
+    """
+    is_number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    ok = is_number and (value > low if low_open else value >= low) and (high is None or value < high)
+    if not ok:
+        accepted = f"in [{low:g}, {high:g})" if high is not None else f"{'>' if low_open else '>='} {low:g}"
+        raise ValueError(f"`{name}` must be a number {accepted}, got {value!r}")
+
+
+def check_class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str] | None:
+    """Return the names as strings, or raise if there are not ``num_classes`` of them.
+
+    Raises:
+        ValueError: For the wrong number of names.
+    """
+    if class_names is None:
+        return None
+    names = [str(c) for c in class_names]
+    if len(names) != num_classes:
+        raise ValueError(f"`class_names` has {len(names)} names for num_classes={num_classes}")
+    return names
+
+
+def check_class_weights(class_weights: Sequence[float] | None, num_classes: int) -> list[float] | None:
+    """Return the weights as floats, or raise unless they are ``num_classes`` positive numbers.
+
+    Raises:
+        ValueError: For the wrong number of weights or a non-positive one.
+    """
+    if class_weights is None:
+        return None
+    weights = [float(w) for w in class_weights]
+    if len(weights) != num_classes or any(not w > 0 for w in weights):
+        raise ValueError(f"`class_weights` must be {num_classes} positive numbers, got {list(class_weights)!r}")
+    return weights
