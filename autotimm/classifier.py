@@ -192,6 +192,7 @@ class ImageClassifier(pl.LightningModule):
             self.val_confusion_matrix = MulticlassConfusionMatrix(num_classes=num_classes)
         self.val_confusion_matrix_values: torch.Tensor | None = None
         self._warmup: LinearWarmup | None = None
+        self._own_schedulers: list[Any] = []
         if freeze_backbone:
             # Eval mode is set in on_train_start: Lightning keeps each module's mode
             # and warns about modules already in eval mode when fit starts.
@@ -242,7 +243,7 @@ class ImageClassifier(pl.LightningModule):
         logits = self(x)
         loss = self._eval_loss(logits, y)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x))
-        self._log_metrics(stage, logits, y)
+        self._log_metrics(stage, logits, y.long() if self.hparams.multi_label else y)
         return loss, logits, y
 
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -392,6 +393,7 @@ class ImageClassifier(pl.LightningModule):
             steps_per_epoch=per_epoch,
         )
         self._warmup = next((c["scheduler"] for c in configs if isinstance(c["scheduler"], LinearWarmup)), None)
+        self._own_schedulers = [c["scheduler"] for c in configs]
         return ([optimizer], configs) if configs else optimizer
 
     def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
@@ -399,4 +401,8 @@ class ImageClassifier(pl.LightningModule):
 
         See [`step_scheduler`][autotimm.schedulers.step_scheduler].
         """
+        if not any(scheduler is own for own in self._own_schedulers):
+            # e.g. the LR finder's own sweep, which swaps in a torch scheduler of its own
+            super().lr_scheduler_step(scheduler, metric)
+            return
         step_scheduler(scheduler, metric, self.trainer.global_step, self.current_epoch, self._warmup)

@@ -1,0 +1,393 @@
+"""``ImageDataModule``: one data source in, train/val/test/predict loaders out, as a LightningDataModule."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, WeightedRandomSampler
+
+from autotimm.data.csv_source import read_csv_files
+from autotimm.data.dataset import ImageDataset
+from autotimm.data.images import check_images, image_mode
+from autotimm.data.loaders import default_num_workers, make_loader
+from autotimm.data.sampling import balanced_class_weights, class_counts, sample_weights
+from autotimm.data.sources import SampleTable, SourceData, read_arrays, read_builtin, read_folder
+from autotimm.data.splits import resolve_splits
+from autotimm.data.transforms import (
+    backbone_in_chans,
+    build_eval_transform,
+    build_train_transform,
+    check_augmentation,
+    check_image_size,
+    list_augmentation_presets,
+    make_data_config,
+)
+
+__all__ = ["ImageDataModule"]
+
+_CSV_ARGUMENTS = ("train_csv", "val_csv", "test_csv", "image_dir", "image_column", "label_column", "label_delimiter")
+_SOURCE_ARGUMENTS = {
+    "data_dir",
+    *_CSV_ARGUMENTS,
+    "multi_label",
+    "images",
+    "labels",
+    "class_names",
+    "dataset",
+    "dataset_root",
+}
+
+
+def _check_number(name: str, value: Any, low: float, high: float | None = None, integer: bool = False) -> None:
+    kind = int if integer else (int, float)
+    ok = isinstance(value, kind) and not isinstance(value, bool) and value >= low and (high is None or value < high)
+    if not ok:
+        accepted = f"in [{low:g}, {high:g})" if high is not None else f">= {low:g}"
+        raise ValueError(f"`{name}` must be {'an int' if integer else 'a number'} {accepted}, got {value!r}")
+
+
+class ImageDataModule(pl.LightningDataModule):
+    """Image classification data from a folder, CSV files, arrays or a built-in dataset.
+
+    Pass exactly one source: ``data_dir``, ``train_csv``, ``images`` with
+    ``labels``, or ``dataset``. Missing validation/test splits are carved from
+    the training data (stratified, seeded) and recorded in
+    ``output_dir/splits.json``, which later runs reuse. Files are checked when
+    the data is set up. Validation, test and prediction images always get the
+    evaluation transform.
+
+    Args:
+        data_dir: An ImageFolder-layout folder: ``<class>/<image>``, or
+            ``train/``, ``val/``, ``test/`` folders of class folders.
+        train_csv: A CSV of training images and labels.
+        val_csv: A CSV of validation images (with ``train_csv``).
+        test_csv: A CSV of test images (with ``train_csv``).
+        image_dir: Folder the CSV image paths are relative to; default: the CSV's folder.
+        image_column: CSV column of image paths.
+        label_column: CSV column of labels.
+        label_delimiter: Separator of labels in a multi-label CSV cell (``"cat;dog"``).
+        multi_label: Force multi-label CSV data on or off; ``None`` detects it.
+        images: ``(N, H, W)`` or ``(N, H, W, C)`` uint8 or float images.
+        labels: ``(N,)`` integer labels (or ``(N, C)`` multi-hot) for ``images``.
+        class_names: Class names in label order for ``images``.
+        dataset: A built-in dataset name (see ``list_builtin_datasets()``).
+        dataset_root: Where the built-in dataset is cached.
+        val_split: Fraction of the training data held out for validation when
+            the source has no validation split, in ``[0, 1)``.
+        test_split: Fraction held out for testing when the source has no test split.
+        seed: Seed of the split (and of the balanced sampler).
+        output_dir: Folder of the split file; ``None`` writes none.
+        image_size: Overrides the backbone's input size (int or ``(H, W)``).
+        augmentation: A preset from ``list_augmentation_presets()`` or a transform.
+        train_transform: A custom training transform (Pillow image to tensor),
+            used instead of the preset.
+        eval_transform: A custom evaluation transform, used instead of timm's.
+        in_chans: Channels fed to the backbone, 1 or 3; set by `configure_for`.
+        batch_size: Batch size of every loader.
+        num_workers: Loader worker processes; default `default_num_workers()`
+            for files and 0 for in-memory arrays.
+        balanced_sampling: Draw training samples with probability inversely
+            proportional to their class frequency.
+        class_weights: ``"balanced"`` to compute `class_weights_tensor`, or ``None``.
+        skip_bad_images: Skip unreadable image files with one warning instead of raising.
+
+    Raises:
+        ValueError: No source or several, or an argument out of range; the
+            message names the argument, the value and what is accepted.
+    """
+
+    def __init__(
+        self,
+        data_dir: str | Path | None = None,
+        *,
+        train_csv: str | Path | None = None,
+        val_csv: str | Path | None = None,
+        test_csv: str | Path | None = None,
+        image_dir: str | Path | None = None,
+        image_column: str = "image",
+        label_column: str = "label",
+        label_delimiter: str = ";",
+        multi_label: bool | None = None,
+        images: Any = None,
+        labels: Any = None,
+        class_names: Sequence[str] | None = None,
+        dataset: str | None = None,
+        dataset_root: str | Path | None = None,
+        val_split: float = 0.2,
+        test_split: float = 0.0,
+        seed: int = 42,
+        output_dir: str | Path | None = "autotimm_output",
+        image_size: int | tuple[int, int] | None = None,
+        augmentation: str | Callable = "light",
+        train_transform: Callable | None = None,
+        eval_transform: Callable | None = None,
+        in_chans: int = 3,
+        batch_size: int = 32,
+        num_workers: int | None = None,
+        balanced_sampling: bool = False,
+        class_weights: str | None = None,
+        skip_bad_images: bool = False,
+    ) -> None:
+        super().__init__()
+        given = {
+            "data_dir": data_dir is not None,
+            "train_csv": train_csv is not None,
+            "images": images is not None or labels is not None,
+            "dataset": dataset is not None,
+        }
+        chosen = [name for name, present in given.items() if present]
+        if len(chosen) != 1:
+            raise ValueError(
+                "ImageDataModule needs exactly one data source: `data_dir`, `train_csv`, `images` with `labels`, "
+                f"or `dataset`; got {chosen or 'none'}"
+            )
+        if (images is None) != (labels is None):
+            raise ValueError("`images` and `labels` must be given together")
+        for name, value in (("val_csv", val_csv), ("test_csv", test_csv), ("image_dir", image_dir)):
+            if value is not None and train_csv is None:
+                raise ValueError(f"`{name}` needs `train_csv`, got {name}={str(value)!r} without it")
+        _check_number("val_split", val_split, 0, 1)
+        _check_number("test_split", test_split, 0, 1)
+        if val_split + test_split >= 1:
+            raise ValueError(f"`val_split` + `test_split` must be < 1, got {val_split} + {test_split}")
+        _check_number("seed", seed, 0, integer=True)
+        _check_number("batch_size", batch_size, 1, integer=True)
+        if num_workers is not None:
+            _check_number("num_workers", num_workers, 0, integer=True)
+        image_mode(in_chans)
+        if image_size is not None:
+            check_image_size(image_size)
+        if isinstance(augmentation, str):
+            check_augmentation(augmentation)
+        elif not callable(augmentation):
+            raise ValueError(
+                f"`augmentation` must be one of {list_augmentation_presets()} or a transform, got {augmentation!r}"
+            )
+        if class_weights not in (None, "balanced"):
+            raise ValueError(f"`class_weights` must be 'balanced' or None, got {class_weights!r}")
+
+        self.source = chosen[0]
+        self._source_args = {name: value for name, value in locals().items() if name in _SOURCE_ARGUMENTS}
+        self.val_split = val_split
+        self.test_split = test_split
+        self.seed = seed
+        self.output_dir = None if output_dir is None else Path(output_dir)
+        self.image_size = image_size
+        self.augmentation = augmentation
+        self._train_transform = (
+            train_transform
+            if train_transform is not None
+            else (None if isinstance(augmentation, str) else augmentation)
+        )
+        self._eval_transform = eval_transform
+        self.in_chans = in_chans
+        self.batch_size = batch_size  # public: Lightning's batch-size finder scales it
+        self.num_workers = num_workers
+        self.balanced_sampling = balanced_sampling
+        self.class_weights = class_weights
+        self.skip_bad_images = skip_bad_images
+        self._data_config: dict[str, Any] | None = None
+        self._tables: dict[str, SampleTable] | None = None
+        self._class_names: list[str] = []
+        self._multi_label = False
+
+    # ------------------------------------------------------------------ configuration
+    def configure_for(self, backbone: nn.Module) -> ImageDataModule:
+        """Take preprocessing (size, mean, std, interpolation, crop) and input channels from a timm backbone.
+
+        Args:
+            backbone: The timm model the data is for.
+
+        Returns:
+            This data module.
+        """
+        in_chans = backbone_in_chans(backbone) or self.in_chans
+        image_mode(in_chans)
+        self.in_chans = in_chans
+        self._data_config = make_data_config(backbone, in_chans, self.image_size)
+        return self
+
+    @property
+    def data_config(self) -> dict[str, Any]:
+        """The preprocessing as plain data: ``input_size``, ``mean``, ``std``, ``interpolation``, ``crop_pct``.
+
+        From the backbone given to `configure_for`, or timm's defaults.
+        """
+        if self._data_config is None:
+            return make_data_config(None, self.in_chans, self.image_size)
+        return dict(self._data_config)
+
+    @property
+    def train_transform(self) -> Callable:
+        """The training transform: the custom one, or the augmentation preset for `data_config`."""
+        if self._train_transform is not None:
+            return self._train_transform
+        return build_train_transform(self.augmentation, self.data_config)
+
+    @property
+    def eval_transform(self) -> Callable:
+        """The validation/test/prediction transform: the custom one, or timm's evaluation transform."""
+        if self._eval_transform is not None:
+            return self._eval_transform
+        return build_eval_transform(self.data_config)
+
+    # ------------------------------------------------------------------ setup
+    def _read_source(self) -> SourceData:
+        args = self._source_args
+        if self.source == "data_dir":
+            return read_folder(args["data_dir"])
+        if self.source == "train_csv":
+            return read_csv_files(**{k: args[k] for k in _CSV_ARGUMENTS}, multi_label=args["multi_label"])
+        if self.source == "images":
+            return read_arrays(args["images"], args["labels"], args["class_names"])
+        return read_builtin(args["dataset"], args["dataset_root"])
+
+    def _drop_bad_images(self, source: SourceData) -> SourceData:
+        tables = source.splits
+        if tables["train"].root is None:  # arrays: nothing to decode
+            return source
+        paths = [table.path(i) for table in tables.values() for i in range(len(table))]
+        good = set(check_images(paths, self.skip_bad_images))
+        splits, start = {}, 0
+        for split, table in tables.items():
+            splits[split] = table.subset([i for i in range(len(table)) if start + i in good])
+            start += len(table)
+        if not splits["train"].items:
+            raise ValueError(f"No readable training images in {source.description}")
+        return SourceData(splits, source.class_names, source.multi_label, source.description)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Read the source, check the files, and split (once; later calls do nothing).
+
+        Args:
+            stage: Lightning's stage; every stage sets up all splits.
+
+        Raises:
+            FileNotFoundError: A missing folder, CSV or image file.
+            ValueError: Empty or unreadable data, unknown labels in val/test,
+                fewer than two classes, or a fraction leaving a split empty.
+        """
+        if self._tables is not None:
+            return
+        source = self._drop_bad_images(self._read_source())
+        if len(source.class_names) < 2 and not source.multi_label:
+            raise ValueError(f"A classifier needs at least 2 classes; {source.description} has {source.class_names}")
+        self._tables = resolve_splits(source, self.val_split, self.test_split, self.seed, self.output_dir)
+        self._class_names = list(source.class_names)
+        self._multi_label = source.multi_label
+
+    def _require_setup(self) -> dict[str, SampleTable]:
+        if self._tables is None:
+            raise RuntimeError("ImageDataModule is not set up yet: call setup() first")
+        return self._tables
+
+    # ------------------------------------------------------------------ what setup found
+    @property
+    def num_classes(self) -> int:
+        """Number of classes (after `setup`)."""
+        self._require_setup()
+        return len(self._class_names)
+
+    @property
+    def class_names(self) -> list[str]:
+        """Class names in label order, fixed by the training data (after `setup`)."""
+        self._require_setup()
+        return list(self._class_names)
+
+    @property
+    def multi_label(self) -> bool:
+        """Whether targets are multi-hot label sets (after `setup`)."""
+        self._require_setup()
+        return self._multi_label
+
+    @property
+    def splits(self) -> list[str]:
+        """The splits there are, among ``"train"``, ``"val"``, ``"test"`` (after `setup`)."""
+        return list(self._require_setup())
+
+    @property
+    def class_counts(self) -> dict[str, list[int]]:
+        """Images per class in each split (for multi-label: images having the label), after `setup`."""
+        tables = self._require_setup()
+        return {s: class_counts(t.targets, self.num_classes, self._multi_label).tolist() for s, t in tables.items()}
+
+    @property
+    def class_weights_tensor(self) -> torch.Tensor | None:
+        """Per-class loss weights ``N / (C * count_c)`` of the training split with ``class_weights="balanced"``.
+
+        ``None`` otherwise; a class without training images gets weight 0.
+        """
+        if self.class_weights is None:
+            return None
+        train = self._require_setup()["train"]
+        return balanced_class_weights(class_counts(train.targets, self.num_classes, self._multi_label), len(train))
+
+    # ------------------------------------------------------------------ datasets and loaders
+    def dataset(self, split: str) -> ImageDataset:
+        """The dataset of a split: training augmentation for ``"train"``, evaluation transform otherwise.
+
+        Args:
+            split: ``"train"``, ``"val"`` or ``"test"``.
+
+        Raises:
+            ValueError: The split does not exist.
+        """
+        tables = self._require_setup()
+        if split not in tables:
+            raise ValueError(
+                f"`split` {split!r} does not exist; this data has {list(tables)}. Validation and test splits come "
+                "from val/ and test/ folders, val_csv/test_csv, or val_split/test_split > 0."
+            )
+        transform = self.train_transform if split == "train" else self.eval_transform
+        return ImageDataset(tables[split], len(self._class_names), transform, self.in_chans, self._multi_label)
+
+    def _num_workers(self) -> int:
+        if self.num_workers is not None:
+            return self.num_workers
+        return 0 if self._require_setup()["train"].array is not None else default_num_workers()
+
+    def _loader(self, dataset: ImageDataset, **kwargs: Any) -> DataLoader:
+        return make_loader(dataset, self.batch_size, self._num_workers(), **kwargs)
+
+    def train_dataloader(self) -> DataLoader:
+        """Shuffled training batches; with ``balanced_sampling`` drawn by a `WeightedRandomSampler`.
+
+        The last incomplete batch is dropped when there is more than one batch
+        (a batch of one breaks BatchNorm).
+        """
+        dataset = self.dataset("train")
+        drop_last = len(dataset) > self.batch_size
+        if not self.balanced_sampling:
+            return self._loader(dataset, shuffle=True, drop_last=drop_last)
+        # Weights of the training split only: the sampler's indices are indices into the training dataset.
+        sampler = WeightedRandomSampler(
+            sample_weights(self._require_setup()["train"].targets, self.num_classes, self._multi_label),
+            num_samples=len(dataset),
+            replacement=True,
+            generator=torch.Generator().manual_seed(self.seed),
+        )
+        return self._loader(dataset, sampler=sampler, drop_last=drop_last)
+
+    def val_dataloader(self) -> DataLoader | list:
+        """Validation batches in a fixed order; an empty list when there is no validation split."""
+        if "val" not in self._require_setup():
+            return []
+        return self._loader(self.dataset("val"))
+
+    def test_dataloader(self) -> DataLoader:
+        """Test batches in a fixed order.
+
+        Raises:
+            ValueError: There is no test split.
+        """
+        return self._loader(self.dataset("test"))
+
+    def predict_dataloader(self) -> DataLoader:
+        """Batches of the test split, or of the validation split without one, in a fixed order."""
+        tables = self._require_setup()
+        return self._loader(self.dataset("test" if "test" in tables else "val"))

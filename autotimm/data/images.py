@@ -1,0 +1,134 @@
+"""Decoding images with Pillow into the channels a backbone expects, and checking files up front."""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+from torchvision.datasets.folder import IMG_EXTENSIONS
+
+__all__ = ["IMAGE_EXTENSIONS", "array_to_image", "check_images", "image_mode", "load_image"]
+
+#: File extensions read as images (torchvision's ``ImageFolder`` list), matched case-insensitively.
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(sorted(IMG_EXTENSIONS))
+
+_MODES = {1: "L", 3: "RGB"}
+
+
+def image_mode(in_chans: int) -> str:
+    """Return the Pillow mode for a number of input channels (1 -> ``"L"``, 3 -> ``"RGB"``).
+
+    Args:
+        in_chans: Channels the backbone expects.
+
+    Raises:
+        ValueError: For any other channel count.
+    """
+    if in_chans not in _MODES:
+        raise ValueError(f"`in_chans` must be one of {sorted(_MODES)}, got {in_chans!r}")
+    return _MODES[in_chans]
+
+
+def _convert(image: Image.Image, mode: str) -> Image.Image:
+    # Palette images with a transparent colour go through RGBA, as Pillow asks; alpha is then dropped.
+    if image.mode == "P" and "transparency" in image.info:
+        image = image.convert("RGBA")
+    return image if image.mode == mode else image.convert(mode)
+
+
+def load_image(path: str | Path, in_chans: int = 3) -> Image.Image:
+    """Decode an image file with Pillow and convert it to ``in_chans`` channels.
+
+    Grayscale, palette, CMYK and RGBA images all become ``"L"`` (one channel) or
+    ``"RGB"`` (three channels); an alpha channel is dropped.
+
+    Args:
+        path: The image file.
+        in_chans: 1 or 3.
+
+    Returns:
+        The decoded image, fully loaded (the file is closed).
+
+    Raises:
+        OSError: The file is missing, unreadable or truncated.
+    """
+    mode = image_mode(in_chans)
+    with Image.open(path) as image:
+        image.load()
+        return _convert(image, mode)
+
+
+def array_to_image(array: np.ndarray, in_chans: int = 3) -> Image.Image:
+    """Turn one ``(H, W)`` or ``(H, W, C)`` uint8 array into a Pillow image with ``in_chans`` channels.
+
+    Args:
+        array: uint8 pixels; ``C`` is 1, 3 or 4.
+        in_chans: 1 or 3; grayscale arrays are repeated to three channels when 3.
+
+    Returns:
+        The image, in mode ``"L"`` or ``"RGB"``.
+    """
+    mode = image_mode(in_chans)
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    return _convert(Image.fromarray(np.ascontiguousarray(array)), mode)
+
+
+def _problem(path: Path) -> str | None:
+    try:
+        with Image.open(path) as image:
+            image.load()  # a full decode: verify() misses truncated files
+    except FileNotFoundError:
+        return "file not found"
+    except (OSError, ValueError, Image.DecompressionBombError) as err:
+        return f"{type(err).__name__}: {err}"
+    return None
+
+
+def check_images(paths: Sequence[Path], skip_bad_images: bool, what: str = "images") -> list[int]:
+    """Decode every file once and return the indices of the good ones.
+
+    Runs when the data is set up, so a bad file fails fast instead of in the
+    middle of an epoch. Decoding runs in threads: Pillow releases the GIL.
+
+    Args:
+        paths: The image files.
+        skip_bad_images: Skip bad files with one warning that counts them,
+            instead of raising on the first.
+        what: How the files are named in messages.
+
+    Returns:
+        Indices into ``paths`` of the files that decode.
+
+    Raises:
+        FileNotFoundError: A file is missing and ``skip_bad_images`` is False.
+        ValueError: A file cannot be decoded and ``skip_bad_images`` is False.
+    """
+    workers = min(8, os.cpu_count() or 1)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        problems = list(pool.map(_problem, paths))
+    bad = [(i, p) for i, p in enumerate(problems) if p is not None]
+    if bad and not skip_bad_images:
+        index, problem = bad[0]
+        more = f" ({len(bad) - 1} more bad files)" if len(bad) > 1 else ""
+        message = (
+            f"Cannot read image file {str(paths[index])!r}: {problem}{more}. "
+            "Fix or remove it, or pass skip_bad_images=True to skip unreadable files."
+        )
+        if problem == "file not found":
+            raise FileNotFoundError(message)
+        raise ValueError(message)
+    if bad:
+        examples = ", ".join(repr(str(paths[i])) for i, _ in bad[:3])
+        warnings.warn(
+            f"Skipped {len(bad)} unreadable image file(s) of {len(paths)} {what} (skip_bad_images=True), "
+            f"e.g. {examples}",
+            UserWarning,
+            stacklevel=3,
+        )
+    return [i for i, p in enumerate(problems) if p is None]

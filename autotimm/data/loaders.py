@@ -1,0 +1,38 @@
+"""DataLoader defaults that are right on CPU and GPU machines."""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+__all__ = ["default_num_workers", "make_loader"]
+
+
+def default_num_workers() -> int:
+    """Loader worker processes by default: one core left for the main process, at most 4."""
+    return min(4, max((os.cpu_count() or 1) - 1, 0))
+
+
+def make_loader(dataset: Dataset, batch_size: int, num_workers: int, **kwargs: Any) -> DataLoader:
+    """Build a DataLoader with persistent workers (when there are any) and pinned memory (with CUDA).
+
+    Args:
+        dataset: The dataset.
+        batch_size: Samples per batch.
+        num_workers: Worker processes; 0 loads in the main process.
+        **kwargs: Further ``DataLoader`` arguments (``shuffle``, ``sampler``, ``drop_last``).
+
+    Returns:
+        The loader.
+    """
+    return DataLoader(
+        dataset,
+        batch_size=batch_size,
+        num_workers=num_workers,
+        persistent_workers=num_workers > 0,  # no worker restart every epoch
+        pin_memory=torch.cuda.is_available(),  # faster host-to-GPU copies; pointless without CUDA
+        **kwargs,
+    )

@@ -1,0 +1,278 @@
+"""Readers that turn each kind of data source into one common sample table per split.
+
+Every reader returns a [`SourceData`][autotimm.data.SourceData]: a
+[`SampleTable`][autotimm.data.SampleTable] for ``"train"`` and, where the
+source provides them, ``"val"`` and ``"test"``, plus the class names. The label
+mapping is fixed by the training data; labels that appear only in a validation
+or test split are an error, never renumbered.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, load_image
+
+__all__ = ["SampleTable", "SourceData", "read_arrays", "read_builtin", "read_folder", "unknown_labels_error"]
+
+_VAL_FOLDERS = ("val", "valid", "validation")
+
+
+@dataclass
+class SampleTable:
+    """The samples of one split.
+
+    Args:
+        items: Sample identifiers: image paths relative to ``root`` (POSIX
+            strings), or row indices into ``array``.
+        targets: One class index per sample, or a list of class indices per
+            sample for multi-label data.
+        root: Folder the paths are relative to (file sources).
+        array: ``(N, H, W)`` or ``(N, H, W, C)`` uint8 images (array sources).
+    """
+
+    items: list[Any]
+    targets: list[Any]
+    root: Path | None = None
+    array: np.ndarray | None = field(default=None, repr=False)
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def path(self, index: int) -> Path:
+        """Return the file of sample ``index`` (file sources only)."""
+        if self.root is None:
+            raise TypeError("This sample table holds arrays, not files")
+        return self.root / self.items[index]
+
+    def load(self, index: int, in_chans: int = 3) -> Image.Image:
+        """Decode sample ``index`` into a Pillow image with ``in_chans`` channels."""
+        if self.array is not None:
+            return array_to_image(self.array[self.items[index]], in_chans)
+        return load_image(self.path(index), in_chans)
+
+    def subset(self, indices: Sequence[int]) -> SampleTable:
+        """Return a table with only the samples at ``indices``, in that order."""
+        return SampleTable([self.items[i] for i in indices], [self.targets[i] for i in indices], self.root, self.array)
+
+
+@dataclass
+class SourceData:
+    """What a source reader found.
+
+    Args:
+        splits: ``"train"`` always; ``"val"`` and ``"test"`` when the source
+            provides them.
+        class_names: Class names in label order, fixed by the training data.
+        multi_label: Whether each sample has a set of labels.
+        description: The source, for messages and the split file.
+    """
+
+    splits: dict[str, SampleTable]
+    class_names: list[str]
+    multi_label: bool = False
+    description: str = ""
+
+
+def unknown_labels_error(argument: str, unknown: Sequence[Any], class_names: Sequence[str]) -> ValueError:
+    """Build the error for labels of a validation/test split that training never saw."""
+    return ValueError(
+        f"{argument} has labels that are not in the training data: {sorted(map(str, unknown))}. "
+        f"The label mapping is fixed by the training data, whose classes are {list(class_names)}; "
+        "add training images of these classes or remove the samples."
+    )
+
+
+# ---------------------------------------------------------------------- folders
+def _is_image(path: Path) -> bool:
+    return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
+
+
+def _class_folders(folder: Path, argument: str) -> list[Path]:
+    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        return subdirs
+    loose = [p for p in folder.iterdir() if _is_image(p)]
+    if loose:
+        raise ValueError(
+            f"{argument} {str(folder)!r} holds {len(loose)} images but no class folders; expected the ImageFolder "
+            f"layout {folder}/<class name>/<image> (or train/, val/, test/ folders of class folders)"
+        )
+    raise ValueError(
+        f"{argument} {str(folder)!r} has no class folders and no images; expected the ImageFolder layout "
+        f"{folder}/<class name>/<image> with images of types {', '.join(IMAGE_EXTENSIONS)}"
+    )
+
+
+def _read_class_folders(
+    folder: Path, root: Path, argument: str, class_names: list[str] | None = None
+) -> tuple[SampleTable, list[str]]:
+    """Read ``folder/<class>/**/<image>``; ``class_names`` fixes the mapping (for val/test folders)."""
+    subdirs = _class_folders(folder, argument)
+    names = [d.name for d in subdirs]
+    if class_names is not None:
+        unknown = [n for n in names if n not in class_names]
+        if unknown:
+            raise unknown_labels_error(f"{argument} {str(folder)!r}", unknown, class_names)
+    mapping = {name: i for i, name in enumerate(class_names if class_names is not None else names)}
+    items: list[str] = []
+    targets: list[int] = []
+    found = {subdir: sorted(p for p in subdir.rglob("*") if _is_image(p)) for subdir in subdirs}
+    if not any(found.values()):
+        raise ValueError(
+            f"{argument} {str(folder)!r} has no images in its {len(subdirs)} class folder(s); supported types: "
+            f"{', '.join(IMAGE_EXTENSIONS)}"
+        )
+    for subdir, files in found.items():
+        if not files:
+            raise ValueError(
+                f"Class folder {str(subdir)!r} of {argument} has no images; supported types: "
+                f"{', '.join(IMAGE_EXTENSIONS)}. Add images or remove the folder."
+            )
+        items += [p.relative_to(root).as_posix() for p in files]
+        targets += [mapping[subdir.name]] * len(files)
+    return SampleTable(items, targets, root=root), names
+
+
+def read_folder(data_dir: str | Path) -> SourceData:
+    """Read images in the ImageFolder layout.
+
+    Either ``data_dir/<class>/<image>`` (one pool, split later), or
+    ``data_dir/train/<class>/<image>`` with optional ``val/`` (also ``valid/``,
+    ``validation/``) and ``test/`` folders, used as given. Class folders are
+    searched recursively; class indices follow the sorted training folder names.
+
+    Args:
+        data_dir: The root folder.
+
+    Returns:
+        The splits found and the class names.
+
+    Raises:
+        FileNotFoundError: ``data_dir`` does not exist.
+        ValueError: No class folders, an empty class folder, or a val/test
+            class folder that training does not have.
+    """
+    root = Path(data_dir).expanduser()
+    if not root.is_dir():
+        raise FileNotFoundError(f"`data_dir` {str(data_dir)!r} does not exist or is not a folder")
+    if not (root / "train").is_dir():
+        table, names = _read_class_folders(root, root, "`data_dir`")
+        return SourceData({"train": table}, names, description=f"folder {root}")
+    train, names = _read_class_folders(root / "train", root, "`data_dir` train folder")
+    splits = {"train": train}
+    val_dirs = [root / n for n in _VAL_FOLDERS if (root / n).is_dir()]
+    if len(val_dirs) > 1:
+        raise ValueError(f"`data_dir` {str(root)!r} has several validation folders {[d.name for d in val_dirs]}")
+    for split, folder in (("val", val_dirs[0] if val_dirs else None), ("test", root / "test")):
+        if folder is not None and folder.is_dir():
+            splits[split] = _read_class_folders(folder, root, f"`data_dir` {split} folder", names)[0]
+    return SourceData(splits, names, description=f"folder {root}")
+
+
+# ----------------------------------------------------------------------- arrays
+def _as_uint8_images(images: Any, argument: str) -> np.ndarray:
+    array = np.asarray(images)
+    shape_ok = array.ndim == 3 or (array.ndim == 4 and array.shape[-1] in (1, 3, 4))
+    if not shape_ok or len(array) == 0:
+        raise ValueError(
+            f"`{argument}` must be a non-empty (N, H, W) or (N, H, W, C) array with C in (1, 3, 4) "
+            f"(channels last), got shape {array.shape}"
+        )
+    if array.dtype == np.uint8:
+        return array
+    if np.issubdtype(array.dtype, np.floating):
+        # Floats in [0, 1] are scaled to [0, 255]; anything else is taken as 0-255 values.
+        scale = 255.0 if float(np.nanmax(array)) <= 1.0 else 1.0
+        return np.clip(np.rint(np.nan_to_num(array) * scale), 0, 255).astype(np.uint8)
+    if np.issubdtype(array.dtype, np.integer) or array.dtype == bool:
+        if array.min() < 0 or array.max() > 255:
+            raise ValueError(f"`{argument}` integer pixels must be in [0, 255], got [{array.min()}, {array.max()}]")
+        return array.astype(np.uint8)
+    raise ValueError(f"`{argument}` must be a uint8 or float array, got dtype {array.dtype}")
+
+
+def _as_targets(labels: Any, num_images: int, argument: str) -> tuple[list[Any], int, bool]:
+    """Integer labels (N,) or multi-hot (N, C) -> (targets, number of classes seen, multi_label)."""
+    array = np.asarray(labels)
+    if len(array) != num_images:
+        raise ValueError(f"`{argument}` has {len(array)} labels for {num_images} images")
+    if array.ndim == 2:  # multi-hot
+        if not np.isin(array, (0, 1)).all():
+            raise ValueError(f"`{argument}` as a 2-D array must be multi-hot (0/1 values), got other values")
+        return [np.flatnonzero(row).tolist() for row in array], array.shape[1], True
+    numeric = np.issubdtype(array.dtype, np.number) and not np.issubdtype(array.dtype, np.complexfloating)
+    if array.ndim != 1 or not numeric or not np.all(np.mod(array, 1) == 0):
+        raise ValueError(f"`{argument}` must be (N,) integer class indices or (N, C) multi-hot, got {array.dtype}")
+    array = array.astype(np.int64)
+    if array.min() < 0:
+        raise ValueError(f"`{argument}` must be class indices >= 0, got {int(array.min())}")
+    return array.tolist(), int(array.max()) + 1, False
+
+
+def _array_class_names(class_names: Sequence[str] | None, seen: int, argument: str) -> list[str]:
+    if class_names is None:
+        return [str(i) for i in range(seen)]
+    names = [str(c) for c in class_names]
+    if len(names) < seen:
+        raise ValueError(f"`{argument}` has {len(names)} names, but the labels go up to {seen - 1}")
+    return names
+
+
+def read_arrays(images: Any, labels: Any, class_names: Sequence[str] | None = None) -> SourceData:
+    """Read in-memory images and labels.
+
+    Args:
+        images: ``(N, H, W)`` or ``(N, H, W, C)`` images, channels last: uint8,
+            or floats (in ``[0, 1]``, scaled to 0-255, or already 0-255).
+        labels: ``(N,)`` integer class indices, used as they are, or ``(N, C)``
+            multi-hot targets.
+        class_names: Names in label order; default ``"0"``, ``"1"``, ...
+
+    Returns:
+        One ``"train"`` pool; rows are identified by their index.
+
+    Raises:
+        ValueError: Wrong shapes, dtypes, negative labels or too few names.
+    """
+    array = _as_uint8_images(images, "images")
+    targets, seen, multi_label = _as_targets(labels, len(array), "labels")
+    names = _array_class_names(class_names, seen, "class_names")
+    table = SampleTable(list(range(len(array))), targets, array=array)
+    return SourceData({"train": table}, names, multi_label, description=f"arrays {array.shape}")
+
+
+def read_builtin(name: str, root: str | Path | None = None) -> SourceData:
+    """Read a built-in dataset through ``autotimm.data.builtin.load_builtin_dataset``.
+
+    Args:
+        name: A name from ``list_builtin_datasets()``.
+        root: Where the dataset is cached.
+
+    Returns:
+        Its ``"train"`` split and, when it has one, its ``"test"`` split.
+
+    Raises:
+        ValueError: Unknown name (the message lists the known ones).
+    """
+    # Imported here: the built-in datasets are optional and only needed for `dataset=`.
+    from autotimm.data.builtin import load_builtin_dataset
+
+    loaded = load_builtin_dataset(name, root=root)
+    train = loaded["train"]
+    names = [str(c) for c in train.class_names]
+    splits = {}
+    for split, data in loaded.items():
+        array = _as_uint8_images(data.images, f"dataset {name!r} {split} images")
+        targets, seen, _ = _as_targets(data.labels, len(array), f"dataset {name!r} {split} labels")
+        if seen > len(names):
+            unknown = sorted({t for t in targets if t >= len(names)})
+            raise unknown_labels_error(f"dataset {name!r} {split} split", unknown, names)
+        splits[split] = SampleTable(list(range(len(array))), targets, array=array)
+    return SourceData(splits, names, description=f"built-in dataset {name!r}")

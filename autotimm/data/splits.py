@@ -1,0 +1,181 @@
+"""Stratified, seeded train/val/test splits, recorded in a JSON split file and reused when it matches."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotimm.data.sources import SampleTable, SourceData
+
+__all__ = ["SPLIT_FILE_NAME", "resolve_splits", "source_fingerprint", "stratified_split"]
+
+#: Name of the split file written in ``output_dir``.
+SPLIT_FILE_NAME = "splits.json"
+_FORMAT = 1
+
+
+def _allocate(counts: Sequence[int], fraction: float, order: Sequence[int]) -> list[int]:
+    """Per-group sizes: each within one of ``count * fraction``, summing to ``round(total * fraction)``.
+
+    Largest-remainder rounding; ties go to groups in ``order`` (a seeded permutation).
+    """
+    exact = [c * fraction for c in counts]
+    sizes = [math.floor(e) for e in exact]
+    extra = round(sum(counts) * fraction) - sum(sizes)
+    by_remainder = sorted(order, key=lambda g: -(exact[g] - sizes[g]))
+    for g in by_remainder[: max(extra, 0)]:
+        sizes[g] += 1
+    return sizes
+
+
+def stratified_split(groups: Sequence[int], fractions: dict[str, float], seed: int) -> dict[str, list[int]]:
+    """Split sample indices so every group (class) keeps its share in every split.
+
+    For each split and group the number of samples is within one of
+    ``count * fraction``, and every group keeps at least one sample in
+    ``"train"``. The result depends only on ``groups``, ``fractions`` and ``seed``.
+
+    Args:
+        groups: The stratification group (class) of each sample.
+        fractions: Fraction of all samples per carved split, e.g.
+            ``{"test": 0.1, "val": 0.2}``; the rest is ``"train"``.
+        seed: Seed of the shuffle.
+
+    Returns:
+        Sorted sample indices for ``"train"`` and each split of ``fractions``.
+
+    Example:
+        >>> parts = stratified_split([0] * 8 + [1] * 2, {"val": 0.5}, seed=0)
+        >>> sorted(len(v) for v in parts.values())
+        [5, 5]
+    """
+    rng = np.random.default_rng(seed)
+    keys = sorted(set(groups))
+    members = {k: [i for i, g in enumerate(groups) if g == k] for k in keys}
+    remaining = {k: list(rng.permutation(members[k])) for k in keys}
+    counts = [len(members[k]) for k in keys]
+    result: dict[str, list[int]] = {}
+    for split, fraction in fractions.items():
+        sizes = _allocate(counts, fraction, rng.permutation(len(keys)).tolist())
+        taken: list[int] = []
+        for g, k in enumerate(keys):
+            size = min(sizes[g], len(remaining[k]) - 1)  # keep one training sample per class
+            taken += remaining[k][:size]
+            remaining[k] = remaining[k][size:]
+        result[split] = sorted(int(i) for i in taken)
+    result["train"] = sorted(int(i) for k in keys for i in remaining[k])
+    return result
+
+
+def _stratify_groups(table: SampleTable, num_classes: int, multi_label: bool) -> list[int]:
+    if not multi_label:
+        return list(table.targets)
+    # Multi-label: stratify on each sample's rarest label (no label: a group of its own).
+    counts = np.bincount(np.asarray([t for ts in table.targets for t in ts], dtype=np.int64), minlength=num_classes)
+    return [min(ts, key=lambda t: (counts[t], t)) if ts else -1 for ts in table.targets]
+
+
+def source_fingerprint(source: SourceData) -> str:
+    """A digest of the samples, labels and class names of every split a source provides."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([source.class_names, source.multi_label]).encode())
+    for split in sorted(source.splits):
+        table = source.splits[split]
+        digest.update(json.dumps([split, table.items, table.targets]).encode())
+        if table.array is not None:
+            digest.update(np.ascontiguousarray(table.array).data)
+    return digest.hexdigest()
+
+
+def _read_split_file(path: Path, fingerprint: str, settings: dict[str, Any]) -> dict[str, list[Any]] | None:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        warnings.warn(f"Ignoring unreadable split file {str(path)!r} ({err}); writing a new one", stacklevel=3)
+        return None
+    same = record.get("fingerprint") == fingerprint and all(record.get(k) == v for k, v in settings.items())
+    if not same:
+        warnings.warn(
+            f"Split file {str(path)!r} was made for other data or split settings; writing a new split",
+            stacklevel=3,
+        )
+        return None
+    return record["splits"]
+
+
+def resolve_splits(
+    source: SourceData,
+    val_split: float,
+    test_split: float,
+    seed: int,
+    output_dir: str | Path | None,
+) -> dict[str, SampleTable]:
+    """Carve the missing validation/test splits from the training pool, reusing a matching split file.
+
+    A ``"val"`` (``"test"``) split the source provides is used as given;
+    otherwise ``val_split`` (``test_split``) of the training pool is carved out,
+    stratified by class. The sample identifiers of every split are written to
+    ``output_dir/splits.json`` together with a fingerprint of the source and the
+    settings; a later run with the same data and settings reads the split from
+    that file, so evaluation uses exactly the same images.
+
+    Args:
+        source: What a source reader found.
+        val_split: Fraction of the pool for validation, when the source has no
+            validation split.
+        test_split: Fraction of the pool for testing, when the source has no
+            test split.
+        seed: Seed of the split.
+        output_dir: Folder of the split file; ``None`` writes none.
+
+    Returns:
+        ``"train"`` and, when present or carved, ``"val"`` and ``"test"`` tables.
+
+    Raises:
+        ValueError: A fraction leaves a carved split empty.
+    """
+    pool = source.splits["train"]
+    fractions = {}
+    if "test" not in source.splits and test_split > 0:
+        fractions["test"] = test_split
+    if "val" not in source.splits and val_split > 0:
+        fractions["val"] = val_split
+    fingerprint = source_fingerprint(source)
+    settings = {"format": _FORMAT, "seed": seed, "carved": fractions}
+    path = None if output_dir is None else Path(output_dir) / SPLIT_FILE_NAME
+
+    recorded = _read_split_file(path, fingerprint, settings) if path is not None and path.is_file() else None
+    if recorded is not None:
+        position = {item: i for i, item in enumerate(pool.items)}
+        indices = {split: [position[item] for item in recorded[split]] for split in ["train", *fractions]}
+    else:
+        groups = _stratify_groups(pool, len(source.class_names), source.multi_label)
+        indices = stratified_split(groups, fractions, seed)
+    tables = {split: pool.subset(idx) for split, idx in indices.items()}
+    for split, fraction in fractions.items():
+        if not tables[split].items:
+            raise ValueError(
+                f"`{split}_split`={fraction} leaves the {split} split empty: {len(pool)} training images, and every "
+                f"class keeps at least one for training. Use a larger fraction, more images, or {split}_split=0."
+            )
+    tables.update({split: table for split, table in source.splits.items() if split != "train"})
+    tables = {split: tables[split] for split in ("train", "val", "test") if split in tables}
+
+    if path is not None and recorded is None:
+        record = {
+            **settings,
+            "source": source.description,
+            "fingerprint": fingerprint,
+            "class_names": source.class_names,
+            "splits": {split: table.items for split, table in tables.items()},
+        }
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(record, indent=1))
+    return tables
