@@ -27,6 +27,7 @@ from autotimm.data.transforms import (
     list_augmentation_presets,
     make_data_config,
 )
+from autotimm.validation import require_number
 
 __all__ = ["ImageDataModule"]
 
@@ -41,14 +42,6 @@ _SOURCE_ARGUMENTS = {
     "dataset",
     "dataset_root",
 }
-
-
-def _check_number(name: str, value: Any, low: float, high: float | None = None, integer: bool = False) -> None:
-    kind = int if integer else (int, float)
-    ok = isinstance(value, kind) and not isinstance(value, bool) and value >= low and (high is None or value < high)
-    if not ok:
-        accepted = f"in [{low:g}, {high:g})" if high is not None else f">= {low:g}"
-        raise ValueError(f"`{name}` must be {'an int' if integer else 'a number'} {accepted}, got {value!r}")
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -151,14 +144,14 @@ class ImageDataModule(pl.LightningDataModule):
         for name, value in (("val_csv", val_csv), ("test_csv", test_csv), ("image_dir", image_dir)):
             if value is not None and train_csv is None:
                 raise ValueError(f"`{name}` needs `train_csv`, got {name}={str(value)!r} without it")
-        _check_number("val_split", val_split, 0, 1)
-        _check_number("test_split", test_split, 0, 1)
+        require_number("val_split", val_split, 0, 1)
+        require_number("test_split", test_split, 0, 1)
         if val_split + test_split >= 1:
             raise ValueError(f"`val_split` + `test_split` must be < 1, got {val_split} + {test_split}")
-        _check_number("seed", seed, 0, integer=True)
-        _check_number("batch_size", batch_size, 1, integer=True)
+        require_number("seed", seed, 0, integer=True)
+        require_number("batch_size", batch_size, 1, integer=True)
         if num_workers is not None:
-            _check_number("num_workers", num_workers, 0, integer=True)
+            require_number("num_workers", num_workers, 0, integer=True)
         image_mode(in_chans)
         if image_size is not None:
             check_image_size(image_size)
