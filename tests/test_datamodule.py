@@ -111,6 +111,16 @@ def test_builtin_digits(tmp_path):
     assert x.shape == (64, 3, 8, 8) and y.max() < 10
 
 
+def test_builtin_mnist5k_grayscale(tmp_path):
+    dm = ImageDataModule(dataset="mnist5k", output_dir=tmp_path, image_size=28, in_chans=1, val_split=0.2)
+    dm.setup()
+    assert dm.class_names == [str(d) for d in range(10)]
+    assert dm.class_counts["train"] == [400] * 10 and dm.class_counts["val"] == [100] * 10
+    x, y = next(iter(dm.val_dataloader()))
+    assert x.shape == (32, 1, 28, 28) and set(y.tolist()) <= set(range(10))
+    assert (tmp_path / "splits.json").is_file()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "named"),
     [

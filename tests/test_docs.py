@@ -10,15 +10,20 @@ import pytest
 DOCS = Path(__file__).resolve().parents[1] / "docs"
 
 
-def _python_blocks(page: str) -> str:
-    return "\n".join(re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.DOTALL))
+def _python_blocks(page: str, first: int | None = None) -> str:
+    blocks = re.findall(r"```python\n(.*?)```", (DOCS / page).read_text(), flags=re.DOTALL)
+    return "\n".join(blocks[:first])
 
 
-@pytest.mark.parametrize("page", ["index.md", "quickstart.md"])
-def test_page_examples_run(page, tmp_path, monkeypatch):
-    monkeypatch.chdir(tmp_path)  # the examples write lightning_logs/ into the working directory
-    code = _python_blocks(page)
+@pytest.mark.parametrize(("page", "first", "writes"), [
+    ("index.md", None, "lightning_logs"),
+    ("quickstart.md", None, "lightning_logs"),
+    ("guide/training.md", 1, "runs/digits/checkpoints"),
+])  # fmt: skip
+def test_page_examples_run(page, first, writes, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the examples write their logs into the working directory
+    code = _python_blocks(page, first)
     assert "ImageClassifier" in code
     namespace: dict = {}
     exec(compile(code, str(DOCS / page), "exec"), namespace)
-    assert (tmp_path / "lightning_logs").is_dir()
+    assert (tmp_path / writes).is_dir()
