@@ -297,6 +297,7 @@ class ImageClassifier(pl.LightningModule):
         class_names: Sequence[str],
         data_config: dict[str, Any] | None = None,
         class_weights: Sequence[float] | torch.Tensor | None = None,
+        multi_label: bool | None = None,
     ) -> None:
         """Take class names, preprocessing and loss weights from the data.
 
@@ -308,11 +309,18 @@ class ImageClassifier(pl.LightningModule):
             class_names: One name per class, in label order.
             data_config: timm data config (input size, mean, std, ...).
             class_weights: Per-class loss weights, or ``None`` to keep the current ones.
+            multi_label: Whether the data is multi-label, checked against the model's ``multi_label``.
 
         Raises:
-            ValueError: If the number of classes differs from ``num_classes``.
+            ValueError: If the number of classes differs from ``num_classes``, or
+                the data is multi-label and the model is not (or the reverse).
         """
         num_classes = self.hparams.num_classes
+        if multi_label is not None and bool(multi_label) != self.hparams.multi_label:
+            raise ValueError(
+                f"the data is {'multi' if multi_label else 'single'}-label but the model was built with "
+                f"multi_label={self.hparams.multi_label}; build it with multi_label={bool(multi_label)}"
+            )
         if len(class_names) != num_classes:
             raise ValueError(
                 f"the data has {len(class_names)} classes ({', '.join(map(str, class_names[:10]))}"

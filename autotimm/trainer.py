@@ -246,6 +246,7 @@ def _prepare_data(model: pl.LightningModule, datamodule: pl.LightningDataModule)
             class_names=class_names,
             data_config=getattr(datamodule, "data_config", None),
             class_weights=getattr(datamodule, "class_weights_tensor", None),
+            multi_label=getattr(datamodule, "multi_label", None),
         )
 
 
