@@ -90,7 +90,7 @@ class ImageClassifier(pl.LightningModule):
             ``(N, num_classes)``, the loss is binary cross-entropy, predictions
             are per-class sigmoid probabilities and the default metrics are
             multi-label ones.
-        class_weights: Per-class loss weights (``num_classes`` positive numbers),
+        class_weights: Per-class loss weights (``num_classes`` numbers >= 0, not all 0),
             e.g. from a data module with ``class_weights="balanced"``.
         data_config: The preprocessing the model expects (timm's data config:
             input size, mean, std, interpolation, crop fraction), stored with

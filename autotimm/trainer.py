@@ -17,6 +17,7 @@ from pytorch_lightning.callbacks import (
     RichProgressBar,
 )
 from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from autotimm.metrics import MetricManager
 from autotimm.tuning import TunerConfig, run_tuners
@@ -47,6 +48,16 @@ def default_monitor(model: pl.LightningModule) -> tuple[str, str]:
 
 def _mode_for(monitor: str) -> str:
     return "max" if any(k in monitor.rsplit("/", 1)[-1] for k in _HIGHER_IS_BETTER) else "min"
+
+
+class _AutotimmCheckpoint(ModelCheckpoint):
+    """autotimm's own ``ModelCheckpoint``s (best and last).
+
+    A subclass so that their ``state_key`` (class name plus monitor and mode)
+    differs from that of any ``ModelCheckpoint`` the user adds: Lightning
+    stores callback state by that key and refuses, or silently merges, two
+    callbacks that share it.
+    """
 
 
 class AutoTrainer(pl.Trainer):
@@ -91,8 +102,9 @@ class AutoTrainer(pl.Trainer):
 
     Example:
         >>> trainer = AutoTrainer(max_epochs=1, output_dir="runs/demo", logger=False, enable_progress_bar=False)
-        >>> type(trainer.checkpoint_callback).__name__
-        'ModelCheckpoint'
+        >>> from pytorch_lightning.callbacks import ModelCheckpoint
+        >>> isinstance(trainer.checkpoint_callback, ModelCheckpoint)
+        True
     """
 
     def __init__(
@@ -138,7 +150,7 @@ class AutoTrainer(pl.Trainer):
         """Build the ModelCheckpoint and EarlyStopping callbacks on ``monitor``, as far as enabled."""
         callbacks: list[Callback] = []
         if self._checkpointing:
-            callbacks.append(ModelCheckpoint(dirpath=self.checkpoint_dir, monitor=monitor, mode=mode, save_top_k=1))
+            callbacks.append(_AutotimmCheckpoint(dirpath=self.checkpoint_dir, monitor=monitor, mode=mode, save_top_k=1))
         if self._patience is not None:
             callbacks.append(EarlyStopping(monitor=monitor, mode=mode, patience=self._patience))
         self._monitored = callbacks
@@ -150,7 +162,7 @@ class AutoTrainer(pl.Trainer):
         Not ``ModelCheckpoint(save_last=True)`` on the best-model callback: since
         Lightning 2.6 that writes ``last.ckpt`` only when a new best is saved.
         """
-        return ModelCheckpoint(
+        return _AutotimmCheckpoint(
             dirpath=self.checkpoint_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
         )
 
@@ -203,8 +215,9 @@ class AutoTrainer(pl.Trainer):
 
         Raises:
             ValueError: If the data's classes do not match the model's
-                ``num_classes``, or ``auto_batch_size`` is asked without a
-                data module.
+                ``num_classes``, the best checkpoint or early stopping
+                follows a ``val`` metric but there is no validation data, or
+                ``auto_batch_size`` is asked without a data module.
             RuntimeError: If a tuner fails or gives no result.
         """
         if self._tuning:  # the Tuner's own trial runs
@@ -218,17 +231,99 @@ class AutoTrainer(pl.Trainer):
             _prepare_data(model, datamodule)
         if self._auto_monitor:
             self._set_monitor(*default_monitor(model))
-        if self.tuner_config.enabled and ckpt_path is None:  # a resumed run keeps its batch size and lr
-            self._tuning = True
+        self._check_validation_data(model, val_dataloaders, datamodule)
+        if self.tuner_config.enabled and ckpt_path is None:  # a resumed run keeps its lr (in the optimizer state)
+            # Without loggers: a trial run's teardown would write the logger's hparams.yaml before any are logged.
+            self._tuning, loggers, self.loggers = True, self.loggers, []
             try:
                 self.tuning_results = run_tuners(
                     self, model, self.tuner_config, self.output_dir, train_dataloaders, val_dataloaders, datamodule
                 )
             finally:
-                self._tuning = False
+                self._tuning, self.loggers = False, loggers
         if self.seed is not None:
             pl.seed_everything(self.seed, workers=True)
         super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+
+    def _check_validation_data(
+        self, model: pl.LightningModule, val_dataloaders: Any, datamodule: pl.LightningDataModule | None
+    ) -> None:
+        """Fail before training, not after the first epoch, when a monitored ``val`` metric can never be logged."""
+        monitors = [m for m in (getattr(c, "monitor", None) for c in self._monitored) if m and m.startswith("val")]
+        if not monitors or _has_validation_data(self, model, val_dataloaders, datamodule):
+            return
+        raise ValueError(
+            f"AutoTrainer monitors {monitors[0]!r} for the best checkpoint or early stopping, but this run has no "
+            "validation data: give the data a validation split "
+            "(e.g. ImageDataModule(val_split=0.2)) or `val_dataloaders`, or pass AutoTrainer(monitor=...) a "
+            "metric logged in training, e.g. 'train/loss'"
+        )
+
+    # ------------------------------------------------------------ evaluation
+    def validate(  # type: ignore[override]
+        self,
+        model: pl.LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: pl.LightningDataModule | None = None,
+        weights_only: bool | None = None,
+    ) -> Any:
+        """``pytorch_lightning.Trainer.validate``, with the data module configured for the model's backbone first."""
+        _configure_for(model or self.lightning_module, dataloaders, datamodule)
+        return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+
+    def test(  # type: ignore[override]
+        self,
+        model: pl.LightningModule | None = None,
+        dataloaders: Any = None,
+        ckpt_path: str | Path | None = None,
+        verbose: bool = True,
+        datamodule: pl.LightningDataModule | None = None,
+        weights_only: bool | None = None,
+    ) -> Any:
+        """``pytorch_lightning.Trainer.test``, with the data module configured for the model's backbone first."""
+        _configure_for(model or self.lightning_module, dataloaders, datamodule)
+        return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+
+    def predict(  # type: ignore[override]
+        self,
+        model: pl.LightningModule | None = None,
+        dataloaders: Any = None,
+        datamodule: pl.LightningDataModule | None = None,
+        return_predictions: bool | None = None,
+        ckpt_path: str | Path | None = None,
+        weights_only: bool | None = None,
+    ) -> Any:
+        """``pytorch_lightning.Trainer.predict``, with the data module configured for the model's backbone first.
+
+        So a checkpoint loaded in a new process is evaluated with the
+        preprocessing (input channels, size, mean, std) it was trained with.
+        """
+        _configure_for(model or self.lightning_module, dataloaders, datamodule)
+        return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
+
+
+def _configure_for(model: pl.LightningModule | None, dataloaders: Any, datamodule: Any) -> None:
+    """Call ``configure_for(model.backbone)`` on the data module (given either way), if both have what it takes."""
+    datamodule = dataloaders if isinstance(dataloaders, pl.LightningDataModule) else datamodule
+    if hasattr(datamodule, "configure_for") and hasattr(model, "backbone"):
+        datamodule.configure_for(model.backbone)
+
+
+def _has_validation_data(
+    trainer: pl.Trainer, model: pl.LightningModule, val_dataloaders: Any, datamodule: pl.LightningDataModule | None
+) -> bool:
+    """Whether ``fit`` will validate: there are validation loaders and ``limit_val_batches`` is not 0."""
+    if trainer.limit_val_batches == 0:
+        return False
+    if val_dataloaders is not None:
+        loaders = val_dataloaders
+    elif datamodule is not None and is_overridden("val_dataloader", datamodule):
+        loaders = datamodule.val_dataloader()
+    else:
+        return is_overridden("val_dataloader", model)
+    return not (isinstance(loaders, (list, tuple)) and len(loaders) == 0)
 
 
 def _has(callbacks: Iterable[Callback], kind: type) -> bool:
@@ -237,8 +332,7 @@ def _has(callbacks: Iterable[Callback], kind: type) -> bool:
 
 def _prepare_data(model: pl.LightningModule, datamodule: pl.LightningDataModule) -> None:
     """Let the data module adopt the backbone's preprocessing and hand its class info to the model."""
-    if hasattr(datamodule, "configure_for") and hasattr(model, "backbone"):
-        datamodule.configure_for(model.backbone)
+    _configure_for(model, None, datamodule)
     datamodule.setup("fit")
     class_names = getattr(datamodule, "class_names", None)
     if class_names is not None and hasattr(model, "apply_data_info"):

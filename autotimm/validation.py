@@ -51,14 +51,17 @@ def check_class_names(class_names: Sequence[str] | None, num_classes: int) -> li
 
 
 def check_class_weights(class_weights: Sequence[float] | None, num_classes: int) -> list[float] | None:
-    """Return the weights as floats, or raise unless they are ``num_classes`` positive numbers.
+    """Return the weights as floats, or raise unless they are ``num_classes`` numbers >= 0, not all 0.
+
+    A weight of 0 is allowed: ``ImageDataModule(class_weights="balanced")`` gives it
+    to a class without training images.
 
     Raises:
-        ValueError: For the wrong number of weights or a non-positive one.
+        ValueError: For the wrong number of weights, a negative one, or all zero.
     """
     if class_weights is None:
         return None
     weights = [float(w) for w in class_weights]
-    if len(weights) != num_classes or any(not w > 0 for w in weights):
-        raise ValueError(f"`class_weights` must be {num_classes} positive numbers, got {list(class_weights)!r}")
+    if len(weights) != num_classes or any(not w >= 0 for w in weights) or not any(w > 0 for w in weights):
+        raise ValueError(f"`class_weights` must be {num_classes} numbers >= 0, not all 0, got {list(class_weights)!r}")
     return weights

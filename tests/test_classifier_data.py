@@ -98,8 +98,9 @@ def test_apply_data_info_is_stored_in_checkpoints(tmp_path, train_loader):
     ("kwargs", "message"),
     [
         ({"cutmix_alpha": -1.0}, r"`cutmix_alpha` must be a number >= 0, got -1.0"),
-        ({"class_weights": [1.0, 2.0]}, r"`class_weights` must be 4 positive numbers, got \[1.0, 2.0\]"),
-        ({"class_weights": [1.0, 0.0, 1.0, 1.0]}, r"`class_weights` must be 4 positive numbers"),
+        ({"class_weights": [1.0, 2.0]}, r"`class_weights` must be 4 numbers >= 0, not all 0, got \[1.0, 2.0\]"),
+        ({"class_weights": [1.0, -1.0, 1.0, 1.0]}, r"`class_weights` must be 4 numbers >= 0, not all 0"),
+        ({"class_weights": [0.0] * 4}, r"`class_weights` must be 4 numbers >= 0, not all 0"),
         (
             {"multi_label": True, "logging_config": LoggingConfig(log_confusion_matrix=True)},
             r"`logging_config.log_confusion_matrix` is for single-label models, not multi_label=True",

@@ -9,11 +9,13 @@ from collections import Counter
 import numpy as np
 import pytest
 from data_helpers import write_class_folders, write_csv, write_image
+from PIL import Image
 
 from autotimm.data import (
     IMAGE_EXTENSIONS,
     SPLIT_FILE_NAME,
     check_images,
+    load_image,
     read_arrays,
     read_builtin,
     read_csv_files,
@@ -74,6 +76,22 @@ def test_folder_errors(tmp_path):
         read_folder(tmp_path / "loose")
 
 
+def test_folder_skips_hidden_folders_inside_class_folders(tmp_path):
+    write_class_folders(tmp_path, {"a": 2, "b": 2})
+    write_image(tmp_path / "a" / ".ipynb_checkpoints" / "0-checkpoint.png")  # a notebook's copy
+    write_image(tmp_path / "a" / "nested" / "deep.PNG")  # nested folders and upper-case suffixes count
+    items = read_folder(tmp_path).splits["train"].items
+    assert items == ["a/0.png", "a/1.png", "a/nested/deep.PNG", "b/0.png", "b/1.png"]
+
+
+def test_numeric_class_folders_sort_numerically_like_csv_labels(tmp_path):
+    write_class_folders(tmp_path, {"10": 1, "2": 1, "1": 1})
+    source = read_folder(tmp_path)
+    assert source.class_names == ["1", "2", "10"]
+    assert source.splits["train"].items == ["1/0.png", "2/0.png", "10/0.png"]
+    assert source.splits["train"].targets == [0, 1, 2]
+
+
 @pytest.mark.parametrize("mode", ["L", "P", "RGBA", "RGB"])
 @pytest.mark.parametrize(("in_chans", "expected"), [(1, "L"), (3, "RGB")])
 def test_images_are_converted_to_the_backbone_channels(tmp_path, mode, in_chans, expected):
@@ -82,6 +100,19 @@ def test_images_are_converted_to_the_backbone_channels(tmp_path, mode, in_chans,
     image = table.load(0, in_chans)
     assert image.mode == expected
     assert np.asarray(image).shape == ((12, 12) if in_chans == 1 else (12, 12, 3))
+
+
+@pytest.mark.parametrize("mode", ["I;16", "I", "F"])
+def test_high_bit_depth_images_are_scaled_to_8_bits_not_clipped(tmp_path, mode):
+    ramp = np.linspace(0, 1, 16 * 16).reshape(16, 16)
+    dtype = {"I;16": np.uint16, "I": np.int32, "F": np.float32}[mode]
+    pixels = (ramp if mode == "F" else ramp * 65535).astype(dtype)
+    path = tmp_path / ("x.png" if mode == "I;16" else "x.tif")
+    Image.fromarray(pixels).save(path)
+    for in_chans in (1, 3):
+        decoded = np.asarray(load_image(path, in_chans), dtype=np.float64)
+        assert decoded.min() == 0 and decoded.max() == 255
+        assert abs(decoded.mean() - 127.5) < 2  # a 16-bit ramp stays a ramp, not a white image
 
 
 def test_check_images_names_the_bad_file_or_skips_with_one_warning(tmp_path):
@@ -150,6 +181,16 @@ def test_csv_errors(tmp_path):
         read_csv_files(dup)
 
 
+def test_csv_windows_paths_and_unusual_labels(tmp_path):
+    write_image(tmp_path / "img" / "a.png")
+    write_image(tmp_path / "img" / "b.png")
+    train = write_csv(tmp_path / "train.csv", [("img\\a.png", "\u00b2"), ("img\\b.png", "2")])
+    source = read_csv_files(train)  # "²" is a digit to str.isdigit but no integer: sorted as text
+    assert source.splits["train"].items == ["img/a.png", "img/b.png"]
+    assert source.splits["train"].path(0).is_file()
+    assert source.class_names == ["2", "\u00b2"]
+
+
 # ---------------------------------------------------------------- arrays and built-in
 @pytest.mark.parametrize(
     ("shape", "dtype", "scale"), [((6, 5, 5), np.uint8, 255), ((6, 5, 5, 3), np.float32, 1.0), ((6, 5, 5, 1), float, 1)]
@@ -176,6 +217,13 @@ def test_array_errors():
         read_arrays(np.zeros((2, 4, 4)), [0, 1], class_names=["a"])
     with pytest.raises(ValueError, match="class indices >= 0"):
         read_arrays(np.zeros((2, 4, 4)), [0, -1])
+
+
+def test_array_labels_of_shape_n_by_1_are_class_indices():
+    source = read_arrays(np.zeros((4, 4, 4), np.uint8), np.array([[0], [1], [1], [0]]))  # as Keras gives them
+    assert not source.multi_label
+    assert source.class_names == ["0", "1"]
+    assert source.splits["train"].targets == [0, 1, 1, 0]
 
 
 def test_builtin_source_delegates_to_load_builtin_dataset(monkeypatch):
@@ -236,6 +284,19 @@ def test_split_file_is_written_and_reused(tmp_path):
     with pytest.warns(UserWarning, match="made for other data or split settings"):
         fresh = resolve_splits(other, 0.2, 0.1, seed=3, output_dir=tmp_path)
     assert fresh["val"].items == tables["val"].items
+
+
+def test_malformed_or_unwritable_split_file(tmp_path):
+    source = read_arrays(np.zeros((10, 4, 4), np.uint8), [0] * 5 + [1] * 5)
+    (tmp_path / SPLIT_FILE_NAME).write_text("[1, 2]")  # valid JSON, but no split record
+    with pytest.warns(UserWarning, match="Ignoring unreadable split file"):
+        tables = resolve_splits(source, 0.2, 0.0, seed=0, output_dir=tmp_path)
+    assert len(tables["val"]) == 2
+    assert json.loads((tmp_path / SPLIT_FILE_NAME).read_text())["splits"]["val"] == tables["val"].items
+    not_a_folder = tmp_path / "file"
+    not_a_folder.write_text("x")
+    with pytest.raises(OSError, match=r"Cannot write the split file .*file.*output_dir=None"):
+        resolve_splits(source, 0.2, 0.0, seed=0, output_dir=not_a_folder)
 
 
 def test_carved_split_that_would_be_empty_is_an_error():

@@ -295,7 +295,7 @@ def test_loader_defaults(tmp_path):
     files = ImageDataModule(tmp_path / "d", val_split=0.25, output_dir=None)
     files.setup()
     loader = files.val_dataloader()
-    assert loader.num_workers == default_num_workers() == min(4, max((__import__("os").cpu_count() or 1) - 1, 0))
+    assert loader.num_workers == default_num_workers()
     assert loader.persistent_workers == (loader.num_workers > 0)
     assert loader.pin_memory == torch.cuda.is_available()
     in_memory = array_module(tmp_path, num_workers=None, output_dir=None)
@@ -303,6 +303,26 @@ def test_loader_defaults(tmp_path):
     assert in_memory.train_dataloader().num_workers == 0
     in_memory.batch_size = 5  # what Lightning's batch-size finder does
     assert in_memory.train_dataloader().batch_size == 5 and in_memory.train_dataloader().drop_last
+
+
+def test_default_workers_follow_the_usable_cores_not_the_machine(monkeypatch):
+    monkeypatch.setattr("os.cpu_count", lambda: 64)
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0, 1, 2}, raising=False)  # e.g. a scheduler's share
+    assert default_num_workers() == 2
+    monkeypatch.setattr("os.sched_getaffinity", lambda pid: {0}, raising=False)
+    assert default_num_workers() == 0
+
+
+def test_file_loaders_work_in_worker_processes_across_epochs(tmp_path):
+    write_class_folders(tmp_path / "d", {"a": 4, "b": 4}, mode="RGBA")
+    dm = ImageDataModule(tmp_path / "d", val_split=0.25, output_dir=None, image_size=SIZE, batch_size=3, num_workers=2)
+    dm.setup()
+    loader = dm.train_dataloader()
+    assert loader.persistent_workers
+    for _ in range(2):  # persistent workers serve the second epoch
+        shapes = [images.shape for images, _ in loader]
+        assert shapes == [(3, 3, SIZE, SIZE)] * 2
+    assert [targets.tolist() for _, targets in dm.predict_dataloader()] == [[0, 1]]
 
 
 def test_test_and_predict_loaders(tmp_path):

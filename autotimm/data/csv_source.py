@@ -6,7 +6,7 @@ import csv
 from collections import Counter
 from pathlib import Path
 
-from autotimm.data.sources import SampleTable, SourceData, unknown_labels_error
+from autotimm.data.sources import SampleTable, SourceData, sorted_class_names, unknown_labels_error
 
 __all__ = ["read_csv_files"]
 
@@ -25,7 +25,10 @@ def _read_rows(path: Path, argument: str, image_column: str, label_column: str) 
                     f"`{argument}` {str(path)!r} has no column {column!r} (`{column_argument}`); "
                     f"its columns are {columns}"
                 )
-        rows = [((row[image_column] or "").strip(), (row[label_column] or "").strip()) for row in reader]
+        # Windows separators become "/", so a CSV written on Windows works everywhere.
+        rows = [
+            ((row[image_column] or "").strip().replace("\\", "/"), (row[label_column] or "").strip()) for row in reader
+        ]
     if not rows:
         raise ValueError(f"`{argument}` {str(path)!r} has no rows")
     empty = [line for line, (image, _) in enumerate(rows, start=2) if not image]
@@ -46,13 +49,6 @@ def _labels(value: str, multi_label: bool, delimiter: str) -> list[str]:
     return [part.strip() for part in value.split(delimiter) if part.strip()]
 
 
-def _sorted_names(names: set[str]) -> list[str]:
-    # Numeric labels sort as numbers ("2" before "10"), anything else alphabetically.
-    if all(n.lstrip("-").isdigit() for n in names):
-        return sorted(names, key=int)
-    return sorted(names)
-
-
 def read_csv_files(
     train_csv: str | Path,
     val_csv: str | Path | None = None,
@@ -66,10 +62,11 @@ def read_csv_files(
     """Read images and labels listed in CSV files.
 
     Each CSV has a header row with ``image_column`` (a path relative to
-    ``image_dir``) and ``label_column`` (a class name). For multi-label data the
-    label cell holds several class names joined by ``label_delimiter``
-    (``"cat;dog"``; an empty cell means no label). Classes are the sorted
-    training labels (numerically when all are integers).
+    ``image_dir``, or absolute; Windows backslash separators are read as ``/``)
+    and ``label_column`` (a class name). For multi-label data the label cell
+    holds several class names joined by ``label_delimiter`` (``"cat;dog"``; an
+    empty cell means no label). Classes are the sorted training labels
+    (numerically when all are integers).
 
     Args:
         train_csv: The training CSV.
@@ -106,7 +103,7 @@ def read_csv_files(
         empty = [line for line, labels in enumerate(train_labels, start=2) if not labels[0]]
         if empty:
             raise ValueError(f"`train_csv` has an empty {label_column!r} cell on line(s) {empty[:5]}")
-    class_names = _sorted_names({name for labels in train_labels for name in labels})
+    class_names = sorted_class_names({name for labels in train_labels for name in labels})
     if len(class_names) < 2 and not multi_label:
         raise ValueError(f"`train_csv` must have at least 2 classes in {label_column!r}, got {class_names}")
     mapping = {name: i for i, name in enumerate(class_names)}

@@ -66,7 +66,7 @@ class ImageDataModule(pl.LightningDataModule):
         label_delimiter: Separator of labels in a multi-label CSV cell (``"cat;dog"``).
         multi_label: Force multi-label CSV data on or off; ``None`` detects it.
         images: ``(N, H, W)`` or ``(N, H, W, C)`` uint8 or float images.
-        labels: ``(N,)`` integer labels (or ``(N, C)`` multi-hot) for ``images``.
+        labels: ``(N,)`` or ``(N, 1)`` integer labels (or ``(N, C)`` multi-hot) for ``images``.
         class_names: Class names in label order for ``images``.
         dataset: A built-in dataset name (see ``list_builtin_datasets()``).
         dataset_root: Where the built-in dataset is cached.

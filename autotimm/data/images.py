@@ -34,7 +34,24 @@ def image_mode(in_chans: int) -> str:
     return _MODES[in_chans]
 
 
+def _to_8bit(image: Image.Image) -> Image.Image:
+    """Scale a 16/32-bit integer or float grayscale image to an 8-bit ``"L"`` image.
+
+    Pillow's own conversion clips these values at 255 instead of scaling them,
+    which turns a 16-bit image white. Integers are taken as 16-bit (0-65535);
+    floats in ``[0, 1]`` are scaled to 0-255, other floats are taken as 0-255.
+    """
+    pixels = np.asarray(image, dtype=np.float64)
+    if image.mode != "F":
+        pixels = pixels / 257.0
+    elif np.nanmax(pixels, initial=0.0) <= 1.0:
+        pixels = pixels * 255.0
+    return Image.fromarray(np.clip(np.rint(np.nan_to_num(pixels)), 0, 255).astype(np.uint8), "L")
+
+
 def _convert(image: Image.Image, mode: str) -> Image.Image:
+    if image.mode in ("I", "F") or image.mode.startswith("I;16"):
+        image = _to_8bit(image)
     # Palette images with a transparent colour go through RGBA, as Pillow asks; alpha is then dropped.
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
@@ -45,7 +62,8 @@ def load_image(path: str | Path, in_chans: int = 3) -> Image.Image:
     """Decode an image file with Pillow and convert it to ``in_chans`` channels.
 
     Grayscale, palette, CMYK and RGBA images all become ``"L"`` (one channel) or
-    ``"RGB"`` (three channels); an alpha channel is dropped.
+    ``"RGB"`` (three channels); an alpha channel is dropped, and 16-bit or float
+    grayscale images are scaled to 8 bits.
 
     Args:
         path: The image file.

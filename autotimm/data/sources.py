@@ -9,7 +9,7 @@ or test split are an error, never renumbered.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -19,7 +19,15 @@ from PIL import Image
 
 from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, load_image
 
-__all__ = ["SampleTable", "SourceData", "read_arrays", "read_builtin", "read_folder", "unknown_labels_error"]
+__all__ = [
+    "SampleTable",
+    "SourceData",
+    "read_arrays",
+    "read_builtin",
+    "read_folder",
+    "sorted_class_names",
+    "unknown_labels_error",
+]
 
 _VAL_FOLDERS = ("val", "valid", "validation")
 
@@ -89,15 +97,36 @@ def unknown_labels_error(argument: str, unknown: Sequence[Any], class_names: Seq
     )
 
 
+def sorted_class_names(names: Iterable[str]) -> list[str]:
+    """Sort class names: numerically when all are integers (``"2"`` before ``"10"``), else alphabetically.
+
+    Example:
+        >>> sorted_class_names(["10", "2", "1"]), sorted_class_names(["dog", "cat"])
+        (['1', '2', '10'], ['cat', 'dog'])
+    """
+    names = list(names)
+    try:
+        numbers = [int(n) for n in names]
+    except ValueError:
+        return sorted(names)
+    return [n for _, n in sorted(zip(numbers, names, strict=True))]
+
+
 # ---------------------------------------------------------------------- folders
 def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
+def _images_in(folder: Path) -> list[Path]:
+    """Image files under ``folder``, recursively, skipping hidden files and folders (``.ipynb_checkpoints``)."""
+    files = (p for p in folder.rglob("*") if _is_image(p))
+    return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(folder).parts))
+
+
 def _class_folders(folder: Path, argument: str) -> list[Path]:
-    subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+    subdirs = {p.name: p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
     if subdirs:
-        return subdirs
+        return [subdirs[name] for name in sorted_class_names(subdirs)]
     loose = [p for p in folder.iterdir() if _is_image(p)]
     if loose:
         raise ValueError(
@@ -123,7 +152,7 @@ def _read_class_folders(
     mapping = {name: i for i, name in enumerate(class_names if class_names is not None else names)}
     items: list[str] = []
     targets: list[int] = []
-    found = {subdir: sorted(p for p in subdir.rglob("*") if _is_image(p)) for subdir in subdirs}
+    found = {subdir: _images_in(subdir) for subdir in subdirs}
     if not any(found.values()):
         raise ValueError(
             f"{argument} {str(folder)!r} has no images in its {len(subdirs)} class folder(s); supported types: "
@@ -146,7 +175,8 @@ def read_folder(data_dir: str | Path) -> SourceData:
     Either ``data_dir/<class>/<image>`` (one pool, split later), or
     ``data_dir/train/<class>/<image>`` with optional ``val/`` (also ``valid/``,
     ``validation/``) and ``test/`` folders, used as given. Class folders are
-    searched recursively; class indices follow the sorted training folder names.
+    searched recursively, skipping hidden files and folders; class indices
+    follow the sorted training folder names (numerically when all are integers).
 
     Args:
         data_dir: The root folder.
@@ -203,6 +233,8 @@ def _as_targets(labels: Any, num_images: int, argument: str) -> tuple[list[Any],
     array = np.asarray(labels)
     if len(array) != num_images:
         raise ValueError(f"`{argument}` has {len(array)} labels for {num_images} images")
+    if array.ndim == 2 and array.shape[1] == 1:  # (N, 1) class indices, as Keras gives them
+        array = array[:, 0]
     if array.ndim == 2:  # multi-hot
         if not np.isin(array, (0, 1)).all():
             raise ValueError(f"`{argument}` as a 2-D array must be multi-hot (0/1 values), got other values")
@@ -231,8 +263,8 @@ def read_arrays(images: Any, labels: Any, class_names: Sequence[str] | None = No
     Args:
         images: ``(N, H, W)`` or ``(N, H, W, C)`` images, channels last: uint8,
             or floats (in ``[0, 1]``, scaled to 0-255, or already 0-255).
-        labels: ``(N,)`` integer class indices, used as they are, or ``(N, C)``
-            multi-hot targets.
+        labels: ``(N,)`` (or ``(N, 1)``) integer class indices, used as they
+            are, or ``(N, C)`` multi-hot targets.
         class_names: Names in label order; default ``"0"``, ``"1"``, ...
 
     Returns:

@@ -97,6 +97,8 @@ def source_fingerprint(source: SourceData) -> str:
 def _read_split_file(path: Path, fingerprint: str, settings: dict[str, Any]) -> dict[str, list[Any]] | None:
     try:
         record = json.loads(path.read_text())
+        if not isinstance(record, dict) or not isinstance(record.get("splits"), dict):
+            raise ValueError("not a split record")
     except (OSError, ValueError) as err:
         warnings.warn(f"Ignoring unreadable split file {str(path)!r} ({err}); writing a new one", stacklevel=3)
         return None
@@ -140,6 +142,7 @@ def resolve_splits(
 
     Raises:
         ValueError: A fraction leaves a carved split empty.
+        OSError: The split file cannot be written.
     """
     pool = source.splits["train"]
     fractions = {}
@@ -176,6 +179,12 @@ def resolve_splits(
             "class_names": source.class_names,
             "splits": {split: table.items for split, table in tables.items()},
         }
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(record, indent=1))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(record, indent=1))
+        except OSError as err:
+            raise OSError(
+                f"Cannot write the split file {str(path)!r} ({err}); pass a writable `output_dir`, "
+                "or output_dir=None to write no split file"
+            ) from err
     return tables
