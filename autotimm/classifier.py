@@ -17,43 +17,11 @@ from autotimm.head import ClassificationHead
 from autotimm.logging_config import LoggingConfig, confusion_matrix_figure, log_figure, total_norm
 from autotimm.metrics import MetricConfig, MetricManager, as_metric_configs
 from autotimm.mixing import mix_batch
-from autotimm.optimizers import OptimizerSpec, check_optimizer_spec, create_optimizer
-from autotimm.schedulers import LinearWarmup, SchedulerSpec, check_scheduler_spec, create_scheduler, step_scheduler
-from autotimm.validation import check_class_names, check_class_weights, require_number
+from autotimm.optimizers import OptimizerSpec, create_optimizer
+from autotimm.schedulers import LinearWarmup, SchedulerSpec, create_scheduler, step_scheduler
+from autotimm.validation import check_class_names, check_class_weights, check_classifier_arguments
 
 __all__ = ["ImageClassifier"]
-
-
-def _check_arguments(
-    num_classes: Any,
-    lr: Any,
-    weight_decay: Any,
-    optimizer: Any,
-    optimizer_kwargs: Any,
-    scheduler: Any,
-    scheduler_kwargs: Any,
-    head_dropout: Any,
-    label_smoothing: Any,
-    mixup_alpha: Any,
-    cutmix_alpha: Any,
-) -> None:
-    """Validate ImageClassifier's arguments now, naming the argument, the value and what is accepted."""
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
-            f"`num_classes` must be an int >= 2 (a softmax classifier needs two classes), got {num_classes!r}"
-        )
-    require_number("lr", lr, 0, low_open=True)
-    require_number("weight_decay", weight_decay, 0)
-    require_number("head_dropout", head_dropout, 0, 1)
-    require_number("label_smoothing", label_smoothing, 0, 1)
-    require_number("mixup_alpha", mixup_alpha, 0)
-    require_number("cutmix_alpha", cutmix_alpha, 0)
-    # Fail now, with the accepted values, rather than at fit time.
-    check_optimizer_spec(optimizer)
-    check_scheduler_spec(scheduler, scheduler_kwargs)
-    for name, value in (("optimizer_kwargs", optimizer_kwargs), ("scheduler_kwargs", scheduler_kwargs)):
-        if value is not None and not isinstance(value, dict):
-            raise ValueError(f"`{name}` must be a dict or None, got {value!r}")
 
 
 class ImageClassifier(pl.LightningModule):
@@ -130,7 +98,7 @@ class ImageClassifier(pl.LightningModule):
         data_config: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
-        _check_arguments(
+        check_classifier_arguments(
             num_classes=num_classes,
             lr=lr,
             weight_decay=weight_decay,

@@ -9,7 +9,10 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-__all__ = ["check_class_names", "check_class_weights", "require_number"]
+from autotimm.optimizers import check_optimizer_spec
+from autotimm.schedulers import check_scheduler_spec
+
+__all__ = ["check_class_names", "check_class_weights", "check_classifier_arguments", "require_number"]
 
 
 def require_number(
@@ -65,3 +68,39 @@ def check_class_weights(class_weights: Sequence[float] | None, num_classes: int)
     if len(weights) != num_classes or any(not w >= 0 for w in weights) or not any(w > 0 for w in weights):
         raise ValueError(f"`class_weights` must be {num_classes} numbers >= 0, not all 0, got {list(class_weights)!r}")
     return weights
+
+
+def check_classifier_arguments(
+    num_classes: Any,
+    lr: Any,
+    weight_decay: Any,
+    optimizer: Any,
+    optimizer_kwargs: Any,
+    scheduler: Any,
+    scheduler_kwargs: Any,
+    head_dropout: Any,
+    label_smoothing: Any,
+    mixup_alpha: Any,
+    cutmix_alpha: Any,
+) -> None:
+    """Validate [`ImageClassifier`][autotimm.ImageClassifier]'s scalar and name arguments at construction.
+
+    Raises:
+        ValueError: Naming the argument, the value and what is accepted.
+    """
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
+        raise ValueError(
+            f"`num_classes` must be an int >= 2 (a softmax classifier needs two classes), got {num_classes!r}"
+        )
+    require_number("lr", lr, 0, low_open=True)
+    require_number("weight_decay", weight_decay, 0)
+    require_number("head_dropout", head_dropout, 0, 1)
+    require_number("label_smoothing", label_smoothing, 0, 1)
+    require_number("mixup_alpha", mixup_alpha, 0)
+    require_number("cutmix_alpha", cutmix_alpha, 0)
+    # Fail now, with the accepted values, rather than at fit time.
+    check_optimizer_spec(optimizer)
+    check_scheduler_spec(scheduler, scheduler_kwargs)
+    for name, value in (("optimizer_kwargs", optimizer_kwargs), ("scheduler_kwargs", scheduler_kwargs)):
+        if value is not None and not isinstance(value, dict):
+            raise ValueError(f"`{name}` must be a dict or None, got {value!r}")
