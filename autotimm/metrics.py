@@ -15,12 +15,26 @@ from torchmetrics import Metric
 
 from autotimm.registry import import_from_path
 
-__all__ = ["BACKENDS", "STAGES", "MetricConfig", "MetricManager", "as_metric_configs", "default_metrics"]
+__all__ = ["BACKENDS", "STAGES", "MetricConfig", "MetricManager", "as_metric_configs", "default_metrics", "metric_mode"]
 
 #: Stages a metric can be computed in.
 STAGES = ("train", "val", "test")
 #: Where ``metric_class`` is looked up.
 BACKENDS = ("torchmetrics", "custom")
+#: Name parts of metrics where higher is better.
+_HIGHER_IS_BETTER = ("acc", "f1", "auroc", "precision", "recall", "iou")
+
+
+def metric_mode(name: str) -> str:
+    """``"max"`` for accuracy-like logged names (``val/accuracy``, ``val/f1_macro``), else ``"min"``.
+
+    Only the part after the last ``/`` is read, so ``val/loss`` is ``"min"``.
+
+    Example:
+        >>> metric_mode("val/f1_macro"), metric_mode("val/loss")
+        ('max', 'min')
+    """
+    return "max" if any(k in name.rsplit("/", 1)[-1] for k in _HIGHER_IS_BETTER) else "min"
 
 
 def _torchmetrics_names() -> list[str]:

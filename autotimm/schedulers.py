@@ -19,6 +19,7 @@ from timm.scheduler import CosineLRScheduler
 from timm.scheduler.scheduler import Scheduler as TimmScheduler
 from torch.optim import lr_scheduler
 
+from autotimm.metrics import metric_mode
 from autotimm.registry import Registry, import_from_path
 
 __all__ = [
@@ -156,8 +157,7 @@ def _exponential(optimizer: torch.optim.Optimizer, ctx: SchedulerContext, **kwar
 @register_scheduler("plateau")
 def _plateau(optimizer: torch.optim.Optimizer, ctx: SchedulerContext, **kwargs: Any) -> dict[str, Any]:
     monitor = kwargs.pop("monitor", "val/loss")
-    higher_is_better = ("acc", "f1", "auroc", "precision", "recall", "iou")
-    kwargs.setdefault("mode", "max" if any(k in monitor.rsplit("/", 1)[-1] for k in higher_is_better) else "min")
+    kwargs.setdefault("mode", metric_mode(monitor))
     kwargs.setdefault("factor", 0.1)
     kwargs.setdefault("patience", 10)
     scheduler = lr_scheduler.ReduceLROnPlateau(optimizer, **kwargs)

@@ -19,15 +19,13 @@ from pytorch_lightning.callbacks import (
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
-from autotimm.metrics import MetricManager
+from autotimm.metrics import MetricManager, metric_mode
 from autotimm.tuning import TunerConfig, run_tuners
 
 __all__ = ["AutoTrainer", "TunerConfig"]
 
+
 #: Name fragments of metrics where higher is better (as for the ``plateau`` scheduler).
-_HIGHER_IS_BETTER = ("acc", "f1", "auroc", "precision", "recall", "iou")
-
-
 def default_monitor(model: pl.LightningModule) -> tuple[str, str]:
     """The metric to keep the best checkpoint by: ``val/accuracy`` if the model logs it, else ``val/loss``.
 
@@ -44,10 +42,6 @@ def default_monitor(model: pl.LightningModule) -> tuple[str, str]:
             if cfg.name == "accuracy" and "val" in cfg.stages and cfg.log_on_epoch and not cfg.log_on_step:
                 return "val/accuracy", "max"
     return "val/loss", "min"
-
-
-def _mode_for(monitor: str) -> str:
-    return "max" if any(k in monitor.rsplit("/", 1)[-1] for k in _HIGHER_IS_BETTER) else "min"
 
 
 class _AutotimmCheckpoint(ModelCheckpoint):
@@ -140,7 +134,7 @@ class AutoTrainer(pl.Trainer):
         if trainer_kwargs.get("enable_model_summary", True) is not False and not _has(user_callbacks, ModelSummary):
             ours.append(RichModelSummary())
         monitor = monitor or "val/loss"
-        ours += self._monitored_callbacks(monitor, mode or _mode_for(monitor))
+        ours += self._monitored_callbacks(monitor, mode or metric_mode(monitor))
         if self._checkpointing:
             ours.append(self._last_checkpoint())
         super().__init__(callbacks=ours + user_callbacks, **trainer_kwargs)
