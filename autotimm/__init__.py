@@ -1,17 +1,51 @@
-"""autotimm: train, evaluate and ship image classifiers on any timm backbone."""
+"""autotimm: train, evaluate and ship image classifiers on any timm backbone.
 
-from autotimm.backbone import BackboneConfig, PretrainedWeightsUnavailableError, create_backbone, list_backbones
-from autotimm.classifier import ImageClassifier
-from autotimm.data import ImageDataModule, list_augmentation_presets, list_builtin_datasets, load_builtin_dataset
-from autotimm.head import ClassificationHead
-from autotimm.logging_config import LoggingConfig
-from autotimm.metrics import MetricConfig, MetricManager, default_metrics
-from autotimm.optimizers import create_optimizer, list_optimizers, register_optimizer
-from autotimm.schedulers import LinearWarmup, create_scheduler, list_schedulers, register_scheduler
-from autotimm.synthetic import make_synthetic_dataset
-from autotimm.trainer import AutoTrainer, TunerConfig
+Names are imported on first use (see ``autotimm._lazy``): ``import autotimm``
+is cheap, and the ONNX predictor works without torch, timm or Lightning.
+"""
+
+from typing import TYPE_CHECKING
+
+from autotimm._lazy import lazy_exports
+
+if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load lazily
+    from autotimm.backbone import BackboneConfig, PretrainedWeightsUnavailableError, create_backbone, list_backbones
+    from autotimm.classifier import ImageClassifier
+    from autotimm.data import (
+        ImageDataModule,
+        list_augmentation_presets,
+        list_builtin_datasets,
+        load_builtin_dataset,
+    )
+    from autotimm.head import ClassificationHead
+    from autotimm.logging_config import LoggingConfig
+    from autotimm.metrics import MetricConfig, MetricManager, default_metrics
+    from autotimm.optimizers import create_optimizer, list_optimizers, register_optimizer
+    from autotimm.schedulers import LinearWarmup, create_scheduler, list_schedulers, register_scheduler
+    from autotimm.synthetic import make_synthetic_dataset
+    from autotimm.trainer import AutoTrainer, TunerConfig
 
 __version__ = "0.1.0"
+
+_EXPORTS: dict[str, list[str]] = {
+    "autotimm.backbone": ["BackboneConfig", "PretrainedWeightsUnavailableError", "create_backbone", "list_backbones"],
+    "autotimm.classifier": ["ImageClassifier"],
+    "autotimm.data": [
+        "ImageDataModule",
+        "list_augmentation_presets",
+        "list_builtin_datasets",
+        "load_builtin_dataset",
+    ],
+    "autotimm.head": ["ClassificationHead"],
+    "autotimm.logging_config": ["LoggingConfig"],
+    "autotimm.metrics": ["MetricConfig", "MetricManager", "default_metrics"],
+    "autotimm.optimizers": ["create_optimizer", "list_optimizers", "register_optimizer"],
+    "autotimm.schedulers": ["LinearWarmup", "create_scheduler", "list_schedulers", "register_scheduler"],
+    "autotimm.synthetic": ["make_synthetic_dataset"],
+    "autotimm.trainer": ["AutoTrainer", "TunerConfig"],
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = [
     "AutoTrainer",

@@ -159,6 +159,8 @@ class ImageClassifier(pl.LightningModule):
         if self.logging_config.log_confusion_matrix:
             self.val_confusion_matrix = MulticlassConfusionMatrix(num_classes=num_classes)
         self.val_confusion_matrix_values: torch.Tensor | None = None
+        # Temperature scaling (set by `calibrate`): predictions use softmax(logits / temperature).
+        self.register_buffer("temperature", torch.ones(()))
         self._warmup: LinearWarmup | None = None
         self._own_schedulers: list[Any] = []
         if freeze_backbone:
@@ -254,10 +256,11 @@ class ImageClassifier(pl.LightningModule):
     def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
         """Return probabilities ``(N, num_classes)``; ``batch`` is images or ``(images, ...)``.
 
-        Softmax over classes, or a sigmoid per class for multi-label models.
+        Logits are divided by the fitted `temperature` (1 until `calibrate`), then softmax over
+        classes, or a sigmoid per class for multi-label models.
         """
         x = batch[0] if isinstance(batch, (list, tuple)) else batch
-        logits = self(x)
+        logits = self(x) / self.temperature
         return logits.sigmoid() if self.hparams.multi_label else logits.softmax(dim=1)
 
     def apply_data_info(

@@ -1,21 +1,50 @@
-"""Data in: folders, CSV files, arrays or built-in datasets, split, checked and transformed for a timm backbone."""
+"""Data in: folders, CSV files, arrays or built-in datasets, split, checked and transformed for a timm backbone.
 
-from autotimm.data.builtin import list_builtin_datasets, load_builtin_dataset
-from autotimm.data.csv_source import read_csv_files
-from autotimm.data.datamodule import ImageDataModule
-from autotimm.data.dataset import ImageDataset
-from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, check_images, load_image
-from autotimm.data.loaders import default_num_workers, make_loader
-from autotimm.data.sampling import balanced_class_weights, class_counts, sample_weights
-from autotimm.data.sources import SampleTable, SourceData, read_arrays, read_builtin, read_folder
-from autotimm.data.splits import SPLIT_FILE_NAME, resolve_splits, stratified_split
-from autotimm.data.transforms import (
-    AUGMENTATION_PRESETS,
-    build_eval_transform,
-    build_train_transform,
-    list_augmentation_presets,
-    make_data_config,
-)
+Names are imported on first use, so ``autotimm.data.images`` loads without torch.
+"""
+
+from typing import TYPE_CHECKING
+
+from autotimm._lazy import lazy_exports
+
+if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load lazily
+    from autotimm.data.builtin import list_builtin_datasets, load_builtin_dataset
+    from autotimm.data.csv_source import read_csv_files
+    from autotimm.data.datamodule import ImageDataModule
+    from autotimm.data.dataset import ImageDataset
+    from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, check_images, load_image
+    from autotimm.data.loaders import default_num_workers, make_loader
+    from autotimm.data.sampling import balanced_class_weights, class_counts, sample_weights
+    from autotimm.data.sources import SampleTable, SourceData, read_arrays, read_builtin, read_folder
+    from autotimm.data.splits import SPLIT_FILE_NAME, resolve_splits, stratified_split
+    from autotimm.data.transforms import (
+        AUGMENTATION_PRESETS,
+        build_eval_transform,
+        build_train_transform,
+        list_augmentation_presets,
+        make_data_config,
+    )
+
+_EXPORTS: dict[str, list[str]] = {
+    "autotimm.data.builtin": ["list_builtin_datasets", "load_builtin_dataset"],
+    "autotimm.data.csv_source": ["read_csv_files"],
+    "autotimm.data.datamodule": ["ImageDataModule"],
+    "autotimm.data.dataset": ["ImageDataset"],
+    "autotimm.data.images": ["IMAGE_EXTENSIONS", "array_to_image", "check_images", "load_image"],
+    "autotimm.data.loaders": ["default_num_workers", "make_loader"],
+    "autotimm.data.sampling": ["balanced_class_weights", "class_counts", "sample_weights"],
+    "autotimm.data.sources": ["SampleTable", "SourceData", "read_arrays", "read_builtin", "read_folder"],
+    "autotimm.data.splits": ["SPLIT_FILE_NAME", "resolve_splits", "stratified_split"],
+    "autotimm.data.transforms": [
+        "AUGMENTATION_PRESETS",
+        "build_eval_transform",
+        "build_train_transform",
+        "list_augmentation_presets",
+        "make_data_config",
+    ],
+}
+
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = [
     "AUGMENTATION_PRESETS",

@@ -10,12 +10,12 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image
-from torchvision.datasets.folder import IMG_EXTENSIONS
 
 __all__ = ["IMAGE_EXTENSIONS", "array_to_image", "check_images", "image_mode", "load_image"]
 
 #: File extensions read as images (torchvision's ``ImageFolder`` list), matched case-insensitively.
-IMAGE_EXTENSIONS: tuple[str, ...] = tuple(sorted(IMG_EXTENSIONS))
+#: Written out, not imported from torchvision, so that this module (used by the ONNX predictor) needs no torch.
+IMAGE_EXTENSIONS: tuple[str, ...] = (".bmp", ".jpeg", ".jpg", ".pgm", ".png", ".ppm", ".tif", ".tiff", ".webp")
 
 _MODES = {1: "L", 3: "RGB"}
 
