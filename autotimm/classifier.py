@@ -14,6 +14,7 @@ from torchmetrics.classification import MulticlassConfusionMatrix
 
 from autotimm.backbone import BackboneConfig, as_backbone_config, create_backbone
 from autotimm.head import ClassificationHead
+from autotimm.inference import InferenceMixin
 from autotimm.logging_config import LoggingConfig, confusion_matrix_figure, log_figure, total_norm
 from autotimm.metrics import MetricConfig, MetricManager, as_metric_configs
 from autotimm.mixing import mix_batch
@@ -24,7 +25,7 @@ from autotimm.validation import check_class_names, check_class_weights, check_cl
 __all__ = ["ImageClassifier"]
 
 
-class ImageClassifier(pl.LightningModule):
+class ImageClassifier(InferenceMixin, pl.LightningModule):
     """End-to-end image classifier: a headless timm backbone and a `ClassificationHead`.
 
     Args:
@@ -67,6 +68,11 @@ class ImageClassifier(pl.LightningModule):
     Raises:
         ValueError: For any argument out of range or an unknown name; the
             message names the argument, the value and what is accepted.
+
+    A trained model is used through [`load`][autotimm.ImageClassifier.load],
+    [`predict`][autotimm.ImageClassifier.predict],
+    [`calibrate`][autotimm.ImageClassifier.calibrate] and
+    [`save`][autotimm.ImageClassifier.save] (from ``autotimm.inference``).
 
     Example:
         >>> from autotimm import BackboneConfig, ImageClassifier

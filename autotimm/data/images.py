@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["IMAGE_EXTENSIONS", "array_to_image", "check_images", "image_mode", "load_image"]
+__all__ = ["IMAGE_EXTENSIONS", "array_to_image", "check_images", "convert_image", "image_mode", "load_image"]
 
 #: File extensions read as images (torchvision's ``ImageFolder`` list), matched case-insensitively.
 #: Written out, not imported from torchvision, so that this module (used by the ONNX predictor) needs no torch.
@@ -56,6 +56,18 @@ def _convert(image: Image.Image, mode: str) -> Image.Image:
     if image.mode == "P" and "transparency" in image.info:
         image = image.convert("RGBA")
     return image if image.mode == mode else image.convert(mode)
+
+
+def convert_image(image: Image.Image, in_chans: int = 3) -> Image.Image:
+    """Convert a Pillow image of any mode to ``"L"`` (``in_chans=1``) or ``"RGB"`` (``in_chans=3``).
+
+    Alpha is dropped, palette images keep their transparent colour's RGB, and
+    16-bit or float grayscale images are scaled to 8 bits.
+
+    Raises:
+        ValueError: ``in_chans`` is not 1 or 3.
+    """
+    return _convert(image, image_mode(in_chans))
 
 
 def load_image(path: str | Path, in_chans: int = 3) -> Image.Image:
