@@ -21,6 +21,7 @@ if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load 
     from autotimm.logging_config import LoggingConfig
     from autotimm.metrics import MetricConfig, MetricManager, default_metrics
     from autotimm.optimizers import create_optimizer, list_optimizers, register_optimizer
+    from autotimm.prediction import Prediction
     from autotimm.schedulers import LinearWarmup, create_scheduler, list_schedulers, register_scheduler
     from autotimm.synthetic import make_synthetic_dataset
     from autotimm.trainer import AutoTrainer, TunerConfig
@@ -39,6 +40,7 @@ _EXPORTS: dict[str, list[str]] = {
     "autotimm.head": ["ClassificationHead"],
     "autotimm.logging_config": ["LoggingConfig"],
     "autotimm.metrics": ["MetricConfig", "MetricManager", "default_metrics"],
+    "autotimm.prediction": ["Prediction"],
     "autotimm.optimizers": ["create_optimizer", "list_optimizers", "register_optimizer"],
     "autotimm.schedulers": ["LinearWarmup", "create_scheduler", "list_schedulers", "register_scheduler"],
     "autotimm.synthetic": ["make_synthetic_dataset"],
@@ -57,6 +59,7 @@ __all__ = [
     "LoggingConfig",
     "MetricConfig",
     "MetricManager",
+    "Prediction",
     "PretrainedWeightsUnavailableError",
     "TunerConfig",
     "__version__",

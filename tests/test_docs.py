@@ -19,6 +19,7 @@ def _python_blocks(page: str, first: int | None = None) -> str:
     ("index.md", None, "lightning_logs"),
     ("quickstart.md", None, "lightning_logs"),
     ("guide/training.md", 1, "runs/digits/checkpoints"),
+    ("guide/prediction.md", None, "runs/digits/checkpoints"),
 ])  # fmt: skip
 def test_page_examples_run(page, first, writes, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the examples write their logs into the working directory
