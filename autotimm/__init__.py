@@ -10,6 +10,7 @@ from autotimm._lazy import lazy_exports
 
 if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load lazily
     from autotimm.backbone import BackboneConfig, PretrainedWeightsUnavailableError, create_backbone, list_backbones
+    from autotimm.calibration import CalibrationResult
     from autotimm.classifier import ImageClassifier
     from autotimm.data import (
         ImageDataModule,
@@ -17,6 +18,8 @@ if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load 
         list_builtin_datasets,
         load_builtin_dataset,
     )
+    from autotimm.evaluation import EvaluationReport, evaluate
+    from autotimm.explanations import Explanation, explain
     from autotimm.head import ClassificationHead
     from autotimm.logging_config import LoggingConfig
     from autotimm.metrics import MetricConfig, MetricManager, default_metrics
@@ -30,7 +33,10 @@ __version__ = "0.1.0"
 
 _EXPORTS: dict[str, list[str]] = {
     "autotimm.backbone": ["BackboneConfig", "PretrainedWeightsUnavailableError", "create_backbone", "list_backbones"],
+    "autotimm.calibration": ["CalibrationResult"],
     "autotimm.classifier": ["ImageClassifier"],
+    "autotimm.evaluation": ["EvaluationReport", "evaluate"],
+    "autotimm.explanations": ["Explanation", "explain"],
     "autotimm.data": [
         "ImageDataModule",
         "list_augmentation_presets",
@@ -52,7 +58,10 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 __all__ = [
     "AutoTrainer",
     "BackboneConfig",
+    "CalibrationResult",
     "ClassificationHead",
+    "EvaluationReport",
+    "Explanation",
     "ImageClassifier",
     "ImageDataModule",
     "LinearWarmup",
@@ -67,6 +76,8 @@ __all__ = [
     "create_optimizer",
     "create_scheduler",
     "default_metrics",
+    "evaluate",
+    "explain",
     "list_augmentation_presets",
     "list_backbones",
     "list_builtin_datasets",

@@ -54,35 +54,46 @@ def total_norm(tensors: Iterable[torch.Tensor]) -> torch.Tensor:
     return torch.nn.utils.get_total_norm(tensors, norm_type=2.0)
 
 
-def confusion_matrix_figure(matrix: torch.Tensor, class_names: Sequence[str]) -> Figure:
+def confusion_matrix_figure(
+    matrix: torch.Tensor | Any, class_names: Sequence[str], normalize: bool = False, title: str | None = None
+) -> Figure:
     """Draw a confusion matrix with class names on the axes.
 
     Args:
-        matrix: ``(C, C)`` counts, rows are true classes, columns predictions.
+        matrix: ``(C, C)`` counts (tensor or array), rows are true classes, columns predictions.
         class_names: ``C`` names.
+        normalize: Divide each row by its total (the share of each true class
+            predicted as each class; rows without samples stay 0) and print
+            two-decimal fractions instead of counts.
+        title: A title above the matrix.
 
     Returns:
         A matplotlib figure (not shown; the caller closes it).
     """
     from matplotlib.figure import Figure  # lazy: only needed when the option is on
 
-    counts = matrix.detach().cpu().to(torch.int64)
-    size = max(4.0, 0.5 * len(class_names) + 2.0)
+    values = torch.as_tensor(matrix).detach().cpu().to(torch.int64).double()
+    if normalize:
+        values = values / values.sum(dim=1, keepdim=True).clamp(min=1)
+    size = min(max(4.0, 0.5 * len(class_names) + 2.0), 40.0)
     fig = Figure(figsize=(size, size))
     ax = fig.add_subplot()
-    image = ax.imshow(counts.numpy(), cmap="Blues")
+    image = ax.imshow(values.numpy(), cmap="Blues", vmin=0, vmax=1 if normalize else None)
     fig.colorbar(image, ax=ax, fraction=0.046, pad=0.04)
     ticks = range(len(class_names))
     ax.set_xticks(ticks, labels=list(class_names), rotation=45, ha="right")
     ax.set_yticks(ticks, labels=list(class_names))
     ax.set_xlabel("Predicted")
     ax.set_ylabel("True")
+    if title:
+        ax.set_title(title)
     if len(class_names) <= 30:
-        threshold = counts.max().item() / 2
+        threshold = (1.0 if normalize else values.max().item()) / 2
         for i in ticks:
             for j in ticks:
-                value = counts[i, j].item()
-                ax.text(j, i, str(value), ha="center", va="center", color="white" if value > threshold else "black")
+                value = values[i, j].item()
+                text = f"{value:.2f}" if normalize else str(int(value))
+                ax.text(j, i, text, ha="center", va="center", color="white" if value > threshold else "black")
     fig.tight_layout()
     return fig
 
