@@ -20,11 +20,14 @@ if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load 
     )
     from autotimm.evaluation import EvaluationReport, evaluate
     from autotimm.explanations import Explanation, explain
+    from autotimm.exporting import ExportParityError, ExportResult, export
     from autotimm.head import ClassificationHead
     from autotimm.logging_config import LoggingConfig
     from autotimm.metrics import MetricConfig, MetricManager, default_metrics
+    from autotimm.onnx_predictor import OnnxPredictor, read_metadata
     from autotimm.optimizers import create_optimizer, list_optimizers, register_optimizer
     from autotimm.prediction import Prediction
+    from autotimm.quantization import QuantizationReport, quantize_onnx
     from autotimm.schedulers import LinearWarmup, create_scheduler, list_schedulers, register_scheduler
     from autotimm.synthetic import make_synthetic_dataset
     from autotimm.trainer import AutoTrainer, TunerConfig
@@ -37,6 +40,9 @@ _EXPORTS: dict[str, list[str]] = {
     "autotimm.classifier": ["ImageClassifier"],
     "autotimm.evaluation": ["EvaluationReport", "evaluate"],
     "autotimm.explanations": ["Explanation", "explain"],
+    "autotimm.exporting": ["ExportParityError", "ExportResult", "export"],
+    "autotimm.onnx_predictor": ["OnnxPredictor", "read_metadata"],
+    "autotimm.quantization": ["QuantizationReport", "quantize_onnx"],
     "autotimm.data": [
         "ImageDataModule",
         "list_augmentation_presets",
@@ -62,14 +68,18 @@ __all__ = [
     "ClassificationHead",
     "EvaluationReport",
     "Explanation",
+    "ExportParityError",
+    "ExportResult",
     "ImageClassifier",
     "ImageDataModule",
     "LinearWarmup",
     "LoggingConfig",
     "MetricConfig",
     "MetricManager",
+    "OnnxPredictor",
     "Prediction",
     "PretrainedWeightsUnavailableError",
+    "QuantizationReport",
     "TunerConfig",
     "__version__",
     "create_backbone",
@@ -78,6 +88,7 @@ __all__ = [
     "default_metrics",
     "evaluate",
     "explain",
+    "export",
     "list_augmentation_presets",
     "list_backbones",
     "list_builtin_datasets",
@@ -85,6 +96,8 @@ __all__ = [
     "list_schedulers",
     "load_builtin_dataset",
     "make_synthetic_dataset",
+    "quantize_onnx",
+    "read_metadata",
     "register_optimizer",
     "register_scheduler",
 ]

@@ -154,7 +154,9 @@ def main() -> None:
     for column in ("model", "backend", "p50 ms", "p95 ms", "latency vs eager", "images/s (32)", "throughput vs eager"):
         table.add_column(column, justify="left" if column in ("model", "backend") else "right")
     for name, backend, p50, p95, speedup, tput, ratio in rows:
-        table.add_row(name, backend, f"{p50 * 1e3:.1f}", f"{p95 * 1e3:.1f}", f"{speedup:.2f}x", f"{tput:.1f}", f"{ratio:.2f}x")
+        table.add_row(
+            name, backend, f"{p50 * 1e3:.1f}", f"{p95 * 1e3:.1f}", f"{speedup:.2f}x", f"{tput:.1f}", f"{ratio:.2f}x"
+        )
     console.print(table)
 
     api = Table(title="resnet18 through predict (500x375 JPEG: decode + preprocess + model + top-5)")

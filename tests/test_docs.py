@@ -22,6 +22,7 @@ def _python_blocks(page: str, first: int | None = None) -> str:
     ("guide/prediction.md", None, "runs/digits/checkpoints"),
     ("guide/evaluation.md", None, "runs/digits/eval"),
     ("guide/explain.md", None, "square_gradcam.png"),
+    ("guide/export.md", None, "exported/pets.int8.onnx"),
 ])  # fmt: skip
 def test_page_examples_run(page, first, writes, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the examples write their logs into the working directory
