@@ -29,6 +29,7 @@ if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load 
     from autotimm.prediction import Prediction
     from autotimm.quantization import QuantizationReport, quantize_onnx
     from autotimm.schedulers import LinearWarmup, create_scheduler, list_schedulers, register_scheduler
+    from autotimm.service import create_app, run_server
     from autotimm.synthetic import make_synthetic_dataset
     from autotimm.trainer import AutoTrainer, TunerConfig
 
@@ -54,6 +55,7 @@ _EXPORTS: dict[str, list[str]] = {
     "autotimm.metrics": ["MetricConfig", "MetricManager", "default_metrics"],
     "autotimm.prediction": ["Prediction"],
     "autotimm.optimizers": ["create_optimizer", "list_optimizers", "register_optimizer"],
+    "autotimm.service": ["create_app", "run_server"],
     "autotimm.schedulers": ["LinearWarmup", "create_scheduler", "list_schedulers", "register_scheduler"],
     "autotimm.synthetic": ["make_synthetic_dataset"],
     "autotimm.trainer": ["AutoTrainer", "TunerConfig"],
@@ -82,6 +84,7 @@ __all__ = [
     "QuantizationReport",
     "TunerConfig",
     "__version__",
+    "create_app",
     "create_backbone",
     "create_optimizer",
     "create_scheduler",
@@ -100,4 +103,5 @@ __all__ = [
     "read_metadata",
     "register_optimizer",
     "register_scheduler",
+    "run_server",
 ]

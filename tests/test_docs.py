@@ -23,11 +23,12 @@ def _python_blocks(page: str, first: int | None = None) -> str:
     ("guide/evaluation.md", None, "runs/digits/eval"),
     ("guide/explain.md", None, "square_gradcam.png"),
     ("guide/export.md", None, "exported/pets.int8.onnx"),
+    ("guide/serving.md", None, "pets.ckpt"),
 ])  # fmt: skip
 def test_page_examples_run(page, first, writes, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the examples write their logs into the working directory
     code = _python_blocks(page, first)
-    assert "ImageClassifier" in code
+    assert "ImageClassifier" in code or "autotimm" in code
     namespace: dict = {}
     exec(compile(code, str(DOCS / page), "exec"), namespace)
     assert (tmp_path / writes).exists()

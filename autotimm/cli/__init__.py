@@ -1,0 +1,149 @@
+"""The ``autotimm`` command line: ``train``, ``evaluate``, ``predict``, ``export``, ``models`` and ``serve``.
+
+Built on jsonargparse rather than Lightning's ``LightningCLI``: LightningCLI
+fits one model class plus one data class with nested ``--model.*``,
+``--data.*`` and ``--trainer.*`` options and Lightning's own
+``fit``/``validate``/``test`` subcommands, whereas this command line wants flat
+options (``--backbone``, ``--epochs``), subcommands that are not Lightning
+loops (``predict`` on files, ``export``, ``models``, ``serve``) and
+``num_classes`` read from the data before the model exists. jsonargparse,
+which LightningCLI itself is built on, still gives ``--config run.yaml``,
+command-line overrides and ``--print_config`` for free.
+
+Each subcommand is a module here with its options as a typed dataclass (see
+``autotimm.cli.options``) and a ``run(config)`` function; torch, timm and
+Lightning are imported inside ``run``, so ``autotimm --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+import traceback
+from collections.abc import Sequence
+from types import ModuleType
+
+from autotimm.cli.options import (
+    CommandParser,
+    UsageError,
+    add_dataclass_options,
+    check_numbers,
+    normalize_argv,
+    one_line,
+)
+
+__all__ = ["COMMANDS", "build_parser", "main"]
+
+#: The subcommands, in the order ``autotimm --help`` lists them; each is the module ``autotimm.cli.<name>``.
+COMMANDS = ("train", "evaluate", "predict", "export", "models", "serve")
+
+_DESCRIPTION = """\
+Train, evaluate and ship image classifiers on any timm backbone.
+
+Run `autotimm COMMAND --help` for a command's options and examples. Every
+command accepts --config FILE (YAML) and --print_config; add --verbose to any
+command to see full tracebacks of errors."""
+_EPILOG = """\
+examples:
+  autotimm models resnet
+  autotimm train --data data/pets --backbone resnet18 --epochs 10 --output-dir runs/pets
+  autotimm evaluate runs/pets/checkpoints/best.ckpt data/pets
+  autotimm predict runs/pets/checkpoints/best.ckpt photos/ --top-k 3
+  autotimm export runs/pets/checkpoints/best.ckpt --output pets.onnx
+  autotimm serve pets.onnx --port 8000"""
+
+# Errors whose message says it all; any other exception also shows its type.
+_USER_ERRORS = (ValueError, TypeError, OSError, ImportError)
+
+
+def _module(name: str) -> ModuleType:
+    return importlib.import_module(f"autotimm.cli.{name}")
+
+
+def build_parser() -> tuple[CommandParser, dict[str, CommandParser]]:
+    """Build the ``autotimm`` parser.
+
+    Returns:
+        The top-level parser and each subcommand's parser by name.
+    """
+    from autotimm import __version__
+
+    parser = CommandParser(prog="autotimm", description=_DESCRIPTION, epilog=_EPILOG)
+    parser.add_argument("--version", action="version", version=f"autotimm {__version__}")
+    parser.add_argument(
+        "--verbose", action="store_true", help="Show the full traceback of an error (also accepted after COMMAND)."
+    )
+    subcommands = parser.add_subcommands(dest="command", required=True, metavar="COMMAND")
+    parsers: dict[str, CommandParser] = {}
+    for name in COMMANDS:
+        module = _module(name)
+        sub = CommandParser(description=module.DESCRIPTION, epilog=module.EXAMPLES)
+        add_dataclass_options(sub, module.CONFIG)
+        subcommands.add_subcommand(name, sub, help=module.HELP)
+        parsers[name] = sub
+    return parser, parsers
+
+
+def _fail(prefix: str, message: str, code: int, error: BaseException | None = None, verbose: bool = False) -> int:
+    if verbose and error is not None:
+        traceback.print_exception(type(error), error, error.__traceback__, file=sys.stderr)
+    text = " ".join(message.split()) or "failed"
+    print(f"{prefix}: error: {text}", file=sys.stderr)
+    return code
+
+
+def _error_message(error: BaseException) -> str:
+    text = str(error.args[0]) if isinstance(error, KeyError) and error.args else str(error)
+    ours = type(error).__module__.startswith("autotimm.")  # e.g. ExportParityError, PretrainedWeightsUnavailableError
+    if (isinstance(error, _USER_ERRORS) or ours) and text:
+        return text
+    return f"{type(error).__name__}: {text} (run with --verbose for the traceback)"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the ``autotimm`` command line.
+
+    Args:
+        argv: The arguments, without the program name; ``None`` reads ``sys.argv``.
+
+    Returns:
+        The exit status: 0 on success, 1 when the command failed (a missing
+        file, an unknown backbone, bad data, ...), 2 for a bad command line
+        (unknown option, bad number or choice), 130 when interrupted. Errors
+        are one line on stderr, with the traceback only under ``--verbose``.
+    """
+    args = list(sys.argv[1:] if argv is None else argv)
+    head = args[: args.index("--")] if "--" in args else args
+    verbose = "--verbose" in head
+    args = normalize_argv([a for a in head if a != "--verbose"] + args[len(head) :])
+    command = next((a for a in args if a in COMMANDS), None)
+    prefix = f"autotimm {command}" if command else "autotimm"
+    parser, parsers = build_parser()
+    try:
+        namespace = parser.parse_args(args)
+    except SystemExit as stop:  # --help, --version, --print_config
+        return stop.code if isinstance(stop.code, int) else 0
+    except argparse.ArgumentError as err:
+        if not args:
+            return _fail(prefix, f"choose a command: {', '.join(COMMANDS)} (see autotimm --help)", 2)
+        return _fail(prefix, one_line(str(err), parsers.get(command or "")), 2, err, verbose)
+    command = namespace.command
+    prefix = f"autotimm {command}"
+    values = namespace[command].as_dict()
+    values.pop("config", None)
+    values.pop("__path__", None)
+    module = _module(command)
+    try:
+        config = module.CONFIG(**values)
+        check_numbers(config)
+        return int(module.run(config) or 0)
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except SystemExit as stop:  # Lightning exits 1 after a graceful shutdown on Ctrl+C
+        return stop.code if isinstance(stop.code, int) else 1
+    except UsageError as err:
+        return _fail(prefix, str(err), 2, err, verbose)
+    except Exception as err:
+        return _fail(prefix, _error_message(err), 1, err, verbose)

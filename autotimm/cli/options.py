@@ -1,0 +1,267 @@
+"""Command-line options built from typed dataclasses, with one-line errors.
+
+Each subcommand's options are the fields of one dataclass (type hints give the
+types, the Google docstring gives the help, field metadata gives positionals
+and number ranges). jsonargparse turns them into an ``ArgumentParser`` with
+``--config FILE`` and ``--print_config`` for free; this module adds what the
+command line needs on top: ``--batch-size`` style option names, ``--flag`` /
+``--no-flag`` booleans, range checks that name the option, and error
+messages folded to a single line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import types
+import typing
+from collections.abc import Sequence
+from typing import Any, Literal
+
+from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, DefaultHelpFormatter
+
+__all__ = [
+    "CommandParser",
+    "UsageError",
+    "add_dataclass_options",
+    "check_numbers",
+    "normalize_argv",
+    "number",
+    "one_line",
+    "optional_value",
+    "positional",
+]
+
+#: jsonargparse's own option, kept with its underscore (``--print-config`` is accepted too).
+PRINT_CONFIG = "--print_config"
+#: Accepted ``--tta`` values (``--tta`` alone means ``flip``).
+TTA_CHOICES = Literal["none", "flip", "crops", "flip_crops"]
+
+
+class UsageError(ValueError):
+    """A bad command-line value; the message names the option and what it accepts."""
+
+
+class _Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
+    """jsonargparse's help (types and defaults) with descriptions and examples printed as written."""
+
+
+class CommandParser(ArgumentParser):
+    """A jsonargparse ``ArgumentParser`` that raises ``argparse.ArgumentError`` instead of exiting on bad input.
+
+    ``--help``, ``--version`` and ``--print_config`` still exit (``SystemExit(0)``).
+
+    Args:
+        *args: Passed to ``jsonargparse.ArgumentParser``.
+        **kwargs: Passed to ``jsonargparse.ArgumentParser``.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("exit_on_error", False)
+        kwargs.setdefault("formatter_class", _Formatter)
+        super().__init__(*args, **kwargs)
+
+
+def positional(nargs: str | None = None, metavar: str | None = None) -> dict[str, Any]:
+    """Field metadata for a positional argument.
+
+    Args:
+        nargs: argparse's ``nargs`` (``"+"``, ``"?"``); ``None`` for exactly one value.
+        metavar: The name shown in the help; default: the field name in capitals.
+
+    Returns:
+        The metadata dict for ``dataclasses.field(metadata=...)``.
+    """
+    return {"positional": True, "nargs": nargs, "metavar": metavar}
+
+
+def optional_value(const: Any) -> dict[str, Any]:
+    """Field metadata for an option whose value may be left out: ``--tta`` means ``--tta flip``.
+
+    Args:
+        const: The value of the bare option.
+
+    Returns:
+        The metadata dict for ``dataclasses.field(metadata=...)``.
+    """
+    return {"const": const}
+
+
+def number(low: float | None = None, high: float | None = None, low_open: bool = False) -> dict[str, Any]:
+    """Field metadata for a number option checked to lie in ``[low, high)`` (or ``(low, high)``).
+
+    Args:
+        low: Smallest accepted value, included unless ``low_open``; ``None`` for no bound.
+        high: Upper bound, excluded; ``None`` for none.
+        low_open: Exclude ``low`` itself.
+
+    Returns:
+        The metadata dict for ``dataclasses.field(metadata=...)``.
+    """
+    return {"low": low, "high": high, "low_open": low_open}
+
+
+def option_name(name: str) -> str:
+    """The command-line option of a field: ``batch_size`` -> ``--batch-size``."""
+    return "--" + name.replace("_", "-")
+
+
+def _docstring_help(cls: type) -> dict[str, str]:
+    from docstring_parser import parse
+
+    return {p.arg_name: " ".join(p.description.split()) for p in parse(cls.__doc__ or "").params if p.description}
+
+
+def _is_optional(hint: Any) -> bool:
+    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
+
+
+def add_dataclass_options(parser: ArgumentParser, cls: type, config_file: bool = True) -> None:
+    """Add one argument per field of the dataclass ``cls`` to ``parser``.
+
+    Fields without a default are required; ``bool`` fields become
+    ``--flag``/``--no-flag``; fields with `positional` metadata become
+    positional arguments.
+
+    Args:
+        parser: The subcommand's parser.
+        cls: A dataclass with type hints and a Google docstring describing each field.
+        config_file: Add ``--config FILE`` (and jsonargparse's ``--print_config``).
+    """
+    if config_file:
+        parser.add_argument(
+            "--config",
+            action=ActionConfigFile,
+            help="A YAML file of options (as --print_config writes); options after it override it.",
+        )
+    hints = typing.get_type_hints(cls)
+    helps = _docstring_help(cls)
+    for spec in dataclasses.fields(cls):
+        hint = hints[spec.name]
+        meta = spec.metadata
+        required = spec.default is dataclasses.MISSING and spec.default_factory is dataclasses.MISSING
+        default = None if required else (spec.default if spec.default is not dataclasses.MISSING else None)
+        text = helps.get(spec.name, "")
+        if meta.get("positional"):
+            kind = typing.get_args(hint)[0] if meta.get("nargs") in ("+", "*") else hint
+            extra = {} if required else {"default": default}
+            parser.add_argument(
+                spec.name,
+                type=kind,
+                nargs=meta["nargs"],
+                metavar=meta["metavar"] or spec.name.upper(),
+                help=text,
+                **extra,
+            )
+        elif hint is bool:
+            parser.add_argument(option_name(spec.name), action=ActionYesNo(no_prefix="no-"), default=default, help=text)
+        else:
+            extra = {"required": True} if required else {"default": default}
+            if "const" in meta:
+                extra.update(nargs="?", const=meta["const"])
+            parser.add_argument(option_name(spec.name), type=hint, help=text, **extra)
+
+
+def _describe(meta: dict[str, Any], integer: bool) -> str:
+    low, high = meta.get("low"), meta.get("high")
+    kind = "an integer" if integer else "a number"
+    if low is not None and high is not None:
+        return f"{kind} in {'(' if meta.get('low_open') else '['}{low:g}, {high:g})"
+    if low is not None:
+        return f"{kind} {'>' if meta.get('low_open') else '>='} {low:g}"
+    return f"{kind} < {high:g}"
+
+
+def check_numbers(config: Any) -> None:
+    """Check every field with `number` metadata of a dataclass instance (``None`` values pass).
+
+    Args:
+        config: A subcommand's options.
+
+    Raises:
+        UsageError: A value out of range; the message names the option, e.g.
+            ``--epochs must be an integer >= 1, got -1``.
+    """
+    hints = typing.get_type_hints(type(config))
+    for spec in dataclasses.fields(config):
+        meta = spec.metadata
+        value = getattr(config, spec.name)
+        if value is None or ("low" not in meta and "high" not in meta):
+            continue
+        hint = hints[spec.name]
+        integer = hint is int or (_is_optional(hint) and int in typing.get_args(hint))
+        low, high = meta.get("low"), meta.get("high")
+        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+        if ok and low is not None:
+            ok = value > low if meta.get("low_open") else value >= low
+        if ok and high is not None:
+            ok = value < high
+        if not ok:
+            raise UsageError(f"{option_name(spec.name)} must be {_describe(meta, integer)}, got {value!r}")
+
+
+def normalize_argv(argv: Sequence[str]) -> list[str]:
+    """Accept ``--batch_size`` for ``--batch-size`` (config keys use underscores) and ``--print-config``.
+
+    Tokens after a bare ``--`` are left alone.
+    """
+    out: list[str] = []
+    rest = False
+    for token in argv:
+        if not rest and token == "--":
+            rest = True
+        elif not rest and token.startswith("--") and len(token) > 2:
+            name, sep, value = token.partition("=")
+            name = PRINT_CONFIG if name in (PRINT_CONFIG, "--print-config") else name.replace("_", "-")
+            token = name + sep + value
+        out.append(token)
+    return out
+
+
+_TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "NoneType": "null"}
+
+
+def _dest_option(parser: ArgumentParser | None, dest: str) -> str:
+    """How the user spells the argument stored in ``dest``: ``--batch-size`` or ``CKPT``."""
+    dest = dest.rsplit(".", 1)[-1]
+    for action in getattr(parser, "_actions", []) if parser is not None else []:
+        if action.dest == dest:
+            if action.option_strings:
+                return action.option_strings[0]
+            return str(action.metavar or dest.upper())
+    return option_name(dest)
+
+
+def one_line(message: str, parser: ArgumentParser | None = None) -> str:
+    r"""Fold a jsonargparse/argparse error into one line that names the option the way it is typed.
+
+    Args:
+        message: The error's text, possibly over several lines.
+        parser: The subcommand's parser, to spell options (``train.batch_size`` -> ``--batch-size``).
+
+    Returns:
+        A single line.
+
+    Example:
+        >>> one_line('Parser key "lr":\n  Expected a <class \'float\'>. Got value: abc')
+        "--lr: expected a number, got 'abc'"
+    """
+    match = re.match(r'Parser key "([^"]+)":\s*(.*)', message, flags=re.DOTALL)
+    if match is None:
+        text = " ".join(message.split())
+        if text.startswith("the following arguments are required"):  # "...: train.data" -> "...: --data"
+            text = re.sub(r"\b[a-z]+\.([a-z_]+)\b", lambda m: _dest_option(parser, m.group(1)), text)
+        return text
+    option, rest = _dest_option(parser, match.group(1)), match.group(2)
+    value = re.search(r"(?:Given|Got) value: (.*?)\s*$", rest, flags=re.DOTALL)
+    literal = re.search(r"Literal\[(.*?)\]", rest)
+    if value is not None:
+        if literal is not None:
+            expected = f"one of {literal.group(1)}"
+        else:
+            wanted = rest.split("Given value type")[0]  # not the type of the value given
+            words = [_TYPE_WORDS.get(t, t) for t in dict.fromkeys(re.findall(r"<class '(\w+)'>", wanted))]
+            expected = " or ".join(words) or "another value"
+        return f"{option}: expected {expected}, got {value.group(1)!r}"
+    return f"{option}: {' '.join(rest.split())}"

@@ -1,0 +1,140 @@
+"""``autotimm predict``: top-k labels for image files, as a table, JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from autotimm.cli.options import TTA_CHOICES, number, optional_value, positional
+
+__all__ = ["CONFIG", "PredictConfig", "format_csv", "format_json", "run"]
+
+NAME = "predict"
+HELP = "Predict labels for images with a checkpoint or ONNX export."
+DESCRIPTION = """\
+Predict the most probable labels of images with a trained classifier (a .ckpt
+checkpoint or an .onnx export). INPUTS are image files, folders (searched
+recursively) or quoted glob patterns.
+
+--format table (the default) prints a table; json and csv write only the
+predictions to stdout, for scripts: JSON is a list of {"source", "labels",
+"probabilities", "indices"} objects, CSV has one row per image and label:
+source,rank,label,probability,index."""
+EXAMPLES = """\
+examples:
+  autotimm predict runs/pets/checkpoints/best.ckpt photos/cat.jpg photos/dog.png
+  autotimm predict pets.onnx photos/ --top-k 3
+  autotimm predict best.ckpt "photos/*.jpg" --format json > predictions.json
+  autotimm predict best.ckpt photos/ --format csv --tta > predictions.csv"""
+
+
+@dataclass
+class PredictConfig:
+    """Options of ``autotimm predict``.
+
+    Args:
+        ckpt: The model: a .ckpt checkpoint or an .onnx export.
+        inputs: Image files, folders (recursive) or quoted glob patterns.
+        top_k: Labels per image, most probable first (1 to the number of classes); null for 5, or every class when
+            there are fewer. Multi-label models list every label at or above --threshold instead.
+        format: Output: table (for people), json or csv (for scripts; nothing else goes to stdout).
+        tta: Test-time augmentation: none, flip (what a bare --tta means), crops or flip_crops.
+        batch_size: Images per forward pass (>= 1).
+        threshold: Multi-label models: the probability a label needs, in (0, 1).
+        skip_bad_images: Skip unreadable images with a warning instead of failing.
+        device: Where a .ckpt model runs: auto (CUDA when available), cpu, cuda, cuda:1, ...
+    """
+
+    ckpt: str = field(metadata=positional())
+    inputs: list[str] = field(metadata=positional(nargs="+"))
+    top_k: int | None = field(default=None, metadata=number(1))
+    format: Literal["table", "json", "csv"] = "table"
+    tta: TTA_CHOICES = field(default="none", metadata=optional_value("flip"))
+    batch_size: int = field(default=32, metadata=number(1))
+    threshold: float = field(default=0.5, metadata=number(0, 1, low_open=True))
+    skip_bad_images: bool = False
+    device: str = "auto"
+
+
+#: The options dataclass of this subcommand.
+CONFIG = PredictConfig
+
+
+def format_json(predictions: list[Any]) -> str:
+    """The predictions as a JSON list of ``{"source", "labels", "probabilities", "indices"}`` objects."""
+    return json.dumps([p.to_dict() for p in predictions], indent=2)
+
+
+def format_csv(predictions: list[Any]) -> str:
+    """The predictions as CSV, one row per image and label: ``source,rank,label,probability,index``.
+
+    An image without a label (multi-label, nothing above the threshold) gets one row with empty label fields.
+    """
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(["source", "rank", "label", "probability", "index"])
+    for p in predictions:
+        rows = zip(p.labels, p.probabilities, p.indices, strict=True)
+        written = False
+        for rank, (label, probability, index) in enumerate(rows, start=1):
+            writer.writerow([p.source or "", rank, label, f"{probability:.6f}", index])
+            written = True
+        if not written:
+            writer.writerow([p.source or "", "", "", "", ""])
+    return buffer.getvalue()
+
+
+def _print_table(predictions: list[Any], multi_label: bool) -> None:
+    from rich.table import Table
+
+    from autotimm.cli.common import console
+
+    count = f"{len(predictions)} image{'' if len(predictions) == 1 else 's'}"
+    table = Table(title=f"Predictions ({count})", title_justify="left")
+    table.add_column("Source", overflow="fold")
+    table.add_column("Label")
+    table.add_column("Probability", justify="right")
+    table.add_column("Other labels" if not multi_label else "Other labels above the threshold")
+    for p in predictions:
+        others = ", ".join(f"{label} {prob:.1%}" for label, prob in zip(p.labels[1:], p.probabilities[1:], strict=True))
+        label = p.label if p.label is not None else "(none above the threshold)"
+        probability = f"{p.probability:.1%}" if p.probability is not None else ""
+        table.add_row(p.source or "<image>", label, probability, others)
+    console().print(table)
+
+
+def run(config: PredictConfig) -> int:
+    """Predict as ``config`` says and write the table, JSON or CSV to stdout.
+
+    Args:
+        config: The options.
+
+    Returns:
+        0.
+    """
+    from autotimm.cli.common import load_predictor
+
+    model = load_predictor(config.ckpt, config.device)
+    predictions = model.predict(
+        config.inputs,
+        top_k=config.top_k,
+        batch_size=config.batch_size,
+        tta=config.tta,
+        threshold=config.threshold,
+        skip_bad_images=config.skip_bad_images,
+        progress=None if config.format == "table" else False,  # keep stdout clean for scripts
+    )
+    if config.format == "json":
+        sys.stdout.write(format_json(predictions) + "\n")
+    elif config.format == "csv":
+        sys.stdout.write(format_csv(predictions))
+    else:
+        from autotimm.labelled_data import is_multi_label
+
+        _print_table(predictions, is_multi_label(model))
+    return 0

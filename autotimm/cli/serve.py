@@ -1,0 +1,89 @@
+"""``autotimm serve``: a REST service and web page for a checkpoint or ONNX export (``autotimm.service``)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from autotimm.cli.options import number, positional
+
+__all__ = ["CONFIG", "ServeConfig", "run"]
+
+NAME = "serve"
+HELP = "Serve a checkpoint or ONNX export over HTTP (REST API and web page)."
+DESCRIPTION = """\
+Start a web service for a trained classifier (a .ckpt checkpoint or an .onnx
+export): a REST API to post images to and a web page to try it. Stop it with
+Ctrl+C. Needs `pip install "autotimm[serve]"` (FastAPI, uvicorn)."""
+EXAMPLES = """\
+examples:
+  autotimm serve runs/pets/checkpoints/best.ckpt
+  autotimm serve pets.onnx --host 0.0.0.0 --port 8080 --top-k 3
+  # then: curl -F "file=@photo.jpg" http://127.0.0.1:8000/predict, or open http://127.0.0.1:8000/"""
+
+
+@dataclass
+class ServeConfig:
+    """Options of ``autotimm serve``.
+
+    Args:
+        ckpt: The model: a .ckpt checkpoint or an .onnx export.
+        host: Address to listen on; 0.0.0.0 accepts connections from other machines.
+        port: Port to listen on, in [1, 65536).
+        top_k: Labels per image when a request does not say (>= 1, at most the model's classes).
+        device: Where a .ckpt model runs: cpu, cuda, cuda:1, ...
+        max_batch_size: Images per model call at most; concurrent requests share calls (>= 1; 1 turns it off).
+        batch_window_ms: How long a request waits for others to share its model call, in milliseconds (>= 0).
+        max_upload_bytes: The largest image upload accepted (>= 1).
+        log_level: uvicorn's log level: critical, error, warning, info, debug or trace.
+    """
+
+    ckpt: str = field(metadata=positional())
+    host: str = "127.0.0.1"
+    port: int = field(default=8000, metadata=number(1, 65536))
+    top_k: int = field(default=5, metadata=number(1))
+    device: str = "cpu"
+    max_batch_size: int = field(default=16, metadata=number(1))
+    batch_window_ms: float = field(default=5.0, metadata=number(0))
+    max_upload_bytes: int = field(default=5 * 1024 * 1024, metadata=number(1))
+    log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
+
+
+#: The options dataclass of this subcommand.
+CONFIG = ServeConfig
+
+
+def run(config: ServeConfig) -> int:
+    """Run the service until interrupted.
+
+    Args:
+        config: The options.
+
+    Returns:
+        0 once the server stops.
+
+    Raises:
+        FileNotFoundError: No such model file.
+        ImportError: The service or its dependencies are not installed.
+    """
+    from autotimm.cli.common import require_file
+
+    path = require_file(config.ckpt, "CKPT", "a .ckpt checkpoint or an .onnx export")
+    try:
+        from autotimm.service import run_server
+    except ImportError as err:
+        raise ImportError(
+            f'autotimm serve needs the service dependencies: pip install "autotimm[serve]" ({err})'
+        ) from err
+    run_server(
+        str(path),
+        host=config.host,
+        port=config.port,
+        log_level=config.log_level,
+        top_k=config.top_k,
+        device=config.device,
+        max_batch_size=config.max_batch_size,
+        batch_window_ms=config.batch_window_ms,
+        max_upload_bytes=config.max_upload_bytes,
+    )
+    return 0
