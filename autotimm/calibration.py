@@ -10,6 +10,7 @@ stores it in the model's ``temperature`` buffer, which checkpoints carry.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -269,6 +270,14 @@ def fit_temperature(logits: Any, labels: Any, max_iter: int = 100) -> float:
     value = float(log_t.detach().exp())
     if not np.isfinite(value):
         return 1.0
+    if not low < value < high:
+        warnings.warn(
+            f"The fitted temperature reached the end of its range [{low}, {high}] (got {value:.3g}): the "
+            f"calibration set is too small or too easy (e.g. every image predicted right) to calibrate on; "
+            "calibrate on more held-out images",
+            UserWarning,
+            stacklevel=3,
+        )
     return float(min(max(value, low), high))
 
 

@@ -20,7 +20,7 @@ from autotimm.metrics import MetricConfig, MetricManager, as_metric_configs
 from autotimm.mixing import mix_batch
 from autotimm.optimizers import OptimizerSpec, create_optimizer
 from autotimm.schedulers import LinearWarmup, SchedulerSpec, create_scheduler, step_scheduler
-from autotimm.validation import check_class_names, check_class_weights, check_classifier_arguments
+from autotimm.validation import check_class_names, check_class_weights, check_classifier_arguments, plain_data
 
 __all__ = ["ImageClassifier"]
 
@@ -134,27 +134,29 @@ class ImageClassifier(InferenceMixin, pl.LightningModule):
         # the weights live in the state dict, so loading never reaches the hub.
         saved_backbone = {**backbone_cfg.to_dict(), "pretrained": False, "checkpoint_path": None}
         self.save_hyperparameters(
-            {
-                "backbone": saved_backbone,
-                "num_classes": num_classes,
-                "metrics": [cfg.to_dict() for cfg in metric_configs],
-                "logging_config": self.logging_config.to_dict(),
-                "lr": lr,
-                "weight_decay": weight_decay,
-                "optimizer": optimizer,
-                "optimizer_kwargs": optimizer_kwargs,
-                "scheduler": scheduler,
-                "scheduler_kwargs": scheduler_kwargs,
-                "head_dropout": head_dropout,
-                "label_smoothing": label_smoothing,
-                "freeze_backbone": freeze_backbone,
-                "mixup_alpha": mixup_alpha,
-                "class_names": class_names,
-                "cutmix_alpha": cutmix_alpha,
-                "multi_label": multi_label,
-                "class_weights": class_weights,
-                "data_config": data_config,
-            }
+            plain_data(
+                {
+                    "backbone": saved_backbone,
+                    "num_classes": num_classes,
+                    "metrics": [cfg.to_dict() for cfg in metric_configs],
+                    "logging_config": self.logging_config.to_dict(),
+                    "lr": lr,
+                    "weight_decay": weight_decay,
+                    "optimizer": optimizer,
+                    "optimizer_kwargs": optimizer_kwargs,
+                    "scheduler": scheduler,
+                    "scheduler_kwargs": scheduler_kwargs,
+                    "head_dropout": head_dropout,
+                    "label_smoothing": label_smoothing,
+                    "freeze_backbone": freeze_backbone,
+                    "mixup_alpha": mixup_alpha,
+                    "class_names": class_names,
+                    "cutmix_alpha": cutmix_alpha,
+                    "multi_label": multi_label,
+                    "class_weights": class_weights,
+                    "data_config": data_config,
+                }
+            )
         )
         self.class_names: list[str] = class_names or [str(i) for i in range(num_classes)]
 
@@ -306,7 +308,7 @@ class ImageClassifier(InferenceMixin, pl.LightningModule):
         self.class_names = check_class_names(class_names, num_classes)
         self.hparams["class_names"] = self.class_names
         if data_config is not None:
-            self.hparams["data_config"] = dict(data_config)
+            self.hparams["data_config"] = plain_data(dict(data_config))
         if class_weights is not None:
             weights = class_weights.tolist() if isinstance(class_weights, torch.Tensor) else class_weights
             self.hparams["class_weights"] = check_class_weights(weights, num_classes)

@@ -360,7 +360,8 @@ def explain(
     index = None if target is None else _resolve_target(target, model.class_names)
     with _eval_mode(model):  # the input is made in here too: never an inference-mode tensor
         x, picture, source = _prepare(model, image)
-        x = x.to(next(model.parameters()).device)
+        parameter = next(model.parameters())
+        x = x.to(parameter.device, parameter.dtype)
         if method == "gradcam":
             heatmap, index, logits = _gradcam(model, x, index)
         else:

@@ -8,6 +8,7 @@ decoding) and ``autotimm.calibration`` (temperature scaling).
 from __future__ import annotations
 
 import os
+import pickle
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -45,10 +46,21 @@ class InferenceMixin:
 
         Raises:
             FileNotFoundError: No such file.
+            ValueError: Not an autotimm checkpoint, or a CUDA ``map_location`` without CUDA.
         """
         if not Path(path).is_file():
             raise FileNotFoundError(f"Checkpoint not found: {os.fspath(path)!r}")
-        model = cls.load_from_checkpoint(os.fspath(path), map_location=map_location, weights_only=True)  # type: ignore[attr-defined]
+        if isinstance(map_location, (str, torch.device)) and not torch.cuda.is_available():
+            if torch.device(map_location).type == "cuda":
+                raise ValueError(f"`map_location` {str(map_location)!r}: CUDA is not available here; use 'cpu'")
+        try:
+            model = cls.load_from_checkpoint(os.fspath(path), map_location=map_location, weights_only=True)  # type: ignore[attr-defined]
+        except (pickle.UnpicklingError, KeyError, EOFError, RuntimeError, AttributeError, TypeError) as err:
+            reason = (str(err).strip().splitlines() or [""])[0][:200]
+            raise ValueError(
+                f"{os.fspath(path)!r} is not an autotimm checkpoint (one written by AutoTrainer or "
+                f"ImageClassifier.save): {type(err).__name__}: {reason}"
+            ) from err
         return model.eval()
 
     def save(self, path: str | os.PathLike[str]) -> Path:
@@ -94,7 +106,10 @@ class InferenceMixin:
         model: Any = self
         config = model.data_config
         if config is None:
-            config = make_data_config(model.backbone, backbone_in_chans(model.backbone) or 3)
+            # A ViT built with its own img_size keeps timm's 224 in pretrained_cfg: use the built size.
+            size = getattr(getattr(model.backbone, "patch_embed", None), "img_size", None)
+            size = [int(v) for v in size] if isinstance(size, (tuple, list)) else None
+            config = make_data_config(model.backbone, backbone_in_chans(model.backbone) or 3, size)
         return Preprocessor(config)
 
     def predict_logits(
@@ -120,13 +135,14 @@ class InferenceMixin:
         """
         model: Any = self
         sources = collect_inputs(inputs)
-        device = model.device
+        parameter = next(model.parameters())
+        device, dtype = parameter.device, parameter.dtype  # a bf16/fp16 model gets inputs of its own dtype
         was_training = model.training
         model.eval()
 
         def forward(batch: np.ndarray) -> np.ndarray:
             with torch.inference_mode():
-                return model(torch.from_numpy(batch).to(device)).float().cpu().numpy()
+                return model(torch.from_numpy(batch).to(device, dtype)).float().cpu().numpy()
 
         try:
             logits, kept = compute_logits(
@@ -163,8 +179,8 @@ class InferenceMixin:
             tta: Test-time augmentation: ``True`` or ``"flip"`` averages each
                 image with its mirror; ``"crops"`` over five crops;
                 ``"flip_crops"`` over ten views.
-            threshold: Multi-label models return every label whose probability
-                is at least this.
+            threshold: Multi-label models return the labels whose probability
+                is at least this (at most ``top_k``).
             skip_bad_images: Skip unreadable files with a warning instead of raising.
             progress: Show a progress bar (``None``: for more than a few batches).
 

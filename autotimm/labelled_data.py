@@ -127,10 +127,20 @@ def _is_tensor(value: Any) -> bool:
     return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
 
 
-def _from_arrays(images: Any, labels: Any, num_classes: int) -> tuple[list[ImageSource], np.ndarray]:
+def _from_arrays(images: Any, labels: Any, class_names: Sequence[str]) -> tuple[list[ImageSource], np.ndarray]:
+    num_classes = len(class_names)
     if _is_tensor(labels):
         labels = labels.detach().cpu().numpy()
     array = np.asarray(labels)
+    if array.dtype.kind in "USO":  # class names: map them to the model's indices
+        index = {name: i for i, name in enumerate(class_names)}
+        unknown = sorted({str(v) for v in array.ravel()} - set(index))
+        if unknown:
+            raise ValueError(
+                f"`labels` has class names the model does not know: {unknown[:10]}; "
+                f"the model's classes are {list(class_names)}"
+            )
+        array = np.array([index[str(v)] for v in array.ravel()], dtype=np.int64)
     if array.ndim == 2 and array.shape[1] == 1:
         array = array[:, 0]
     if array.ndim != 1 or not (np.issubdtype(array.dtype, np.integer) or np.all(np.mod(array, 1) == 0)):
@@ -201,5 +211,5 @@ def resolve_labelled_data(
     if isinstance(data, (str, os.PathLike)):
         return _from_folder(Path(data).expanduser(), names, split)
     if isinstance(data, (tuple, list)) and len(data) == 2:
-        return _from_arrays(data[0], data[1], len(names))
+        return _from_arrays(data[0], data[1], names)
     raise TypeError(f"`data` must be {_ACCEPTED}; got {type(data).__name__}")

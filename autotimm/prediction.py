@@ -116,9 +116,9 @@ def decode(
     Args:
         logits: ``(N, num_classes)``.
         class_names: One name per class.
-        multi_label: Sigmoid per class and every label ``>= threshold``
-            (``top_k`` is ignored); otherwise softmax and the ``top_k`` classes.
-        top_k: How many classes per image (single-label).
+        multi_label: Sigmoid per class and the labels ``>= threshold`` (at
+            most ``top_k`` of them); otherwise softmax and the ``top_k`` classes.
+        top_k: How many classes per image (at most, for multi-label).
         threshold: Probability a label needs (multi-label).
         sources: One source per image.
 
@@ -135,7 +135,7 @@ def decode(
     predictions = []
     for row, source in zip(probs, sources, strict=True):
         order = np.argsort(-row, kind="stable")
-        order = order[row[order] >= threshold] if multi_label else order[:top_k]
+        order = order[row[order] >= threshold][:top_k] if multi_label else order[:top_k]
         predictions.append(
             Prediction([class_names[i] for i in order], [float(row[i]) for i in order], [int(i) for i in order], source)
         )

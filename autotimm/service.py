@@ -235,7 +235,7 @@ def create_app(
         TypeError: A ``model`` of another kind.
 
     Example:
-        >>> app = create_app("runs/pets/checkpoints/best.ckpt", top_k=3)  # doctest: +SKIP
+        >>> app = create_app("runs/pets/checkpoints/last.ckpt", top_k=3)  # doctest: +SKIP
     """
     _check_model_argument(model)
     options = {
@@ -348,7 +348,7 @@ def run_server(model: Any, host: str = "127.0.0.1", port: int = 8000, log_level:
         **options: Passed to [`create_app`][autotimm.service.create_app] (``top_k``, ``max_upload_bytes``, ...).
 
     Example:
-        >>> run_server("runs/pets/checkpoints/best.ckpt", port=8000)  # doctest: +SKIP
+        >>> run_server("runs/pets/checkpoints/last.ckpt", port=8000)  # doctest: +SKIP
     """
     import uvicorn
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
+
 from autotimm.optimizers import check_optimizer_spec
 from autotimm.schedulers import check_scheduler_spec
 
@@ -104,3 +106,24 @@ def check_classifier_arguments(
     for name, value in (("optimizer_kwargs", optimizer_kwargs), ("scheduler_kwargs", scheduler_kwargs)):
         if value is not None and not isinstance(value, dict):
             raise ValueError(f"`{name}` must be a dict or None, got {value!r}")
+
+
+def plain_data(value: Any) -> Any:
+    """Numpy scalars and arrays inside dicts, lists and tuples as plain Python values.
+
+    Hyper-parameters are stored in checkpoints, which load with torch's
+    ``weights_only=True``; that refuses numpy objects.
+
+    Example:
+        >>> plain_data({"lr": np.float64(0.1), "mean": np.array([0.5, 0.5])})
+        {'lr': 0.1, 'mean': [0.5, 0.5]}
+    """
+    if isinstance(value, dict):
+        return {key: plain_data(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(plain_data(item) for item in value)
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

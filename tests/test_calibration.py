@@ -236,3 +236,11 @@ def test_calibrate_rejects_multi_label_models():
     model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3, multi_label=True)
     with pytest.raises(ValueError, match="single-label"):
         model.calibrate((np.zeros((2, 8, 8, 3), np.uint8), np.array([0, 1])))
+
+
+def test_fit_temperature_warns_at_the_end_of_its_range():
+    from autotimm.calibration import fit_temperature
+
+    logits = np.array([[0.01, 0.0], [0.0, 0.01]])  # all right, by tiny margins: T wants to go to 0
+    with pytest.warns(UserWarning, match="end of its range"):
+        assert fit_temperature(logits, np.array([0, 1])) == pytest.approx(0.05)

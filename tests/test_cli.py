@@ -278,8 +278,23 @@ def test_serve_passes_its_options_to_the_service(run, monkeypatch):
     code, _, err = _run(["serve", str(run["best"]), "--port", "8123", "--top-k", "2", "--max-batch-size", "4"])
     assert code == 0, err
     [(model, host, port, log_level, options)] = calls
-    assert (model, host, port, log_level) == (str(run["best"]), "127.0.0.1", 8123, "info")
+    assert (host, port, log_level) == ("127.0.0.1", 8123, "info")
+    assert not isinstance(model, str) and len(model.class_names) == 3  # loaded before uvicorn starts
     assert options["top_k"] == 2 and options["max_batch_size"] == 4 and options["device"] == "cpu"
+
+
+def test_serve_errors_are_one_line(run, tmp_path):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_text("garbage")
+    code, line = _error(["serve", str(bad)])
+    assert code == 1 and "is not an autotimm checkpoint" in line
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        code, line = _error(["serve", str(run["best"]), "--port", str(busy.getsockname()[1])])
+    assert code == 1 and "cannot listen on 127.0.0.1:" in line
 
 
 # ------------------------------------------------------------------ errors: exit code and one line

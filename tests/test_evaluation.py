@@ -307,3 +307,11 @@ def test_onnx_predictor_gives_the_same_report(trained, tmp_path):
         assert from_onnx.summary[name] == pytest.approx(value, abs=1e-4), name
     with pytest.raises(TypeError, match="read-only `temperature`"):
         calibrate_model(predictor, (images, labels))
+
+
+def test_labels_may_be_class_names():
+    gray = np.zeros((2, 8, 8), np.uint8)
+    _, labels = resolve_labelled_data((gray, [STUB_NAMES[1], STUB_NAMES[0]]), STUB_NAMES)
+    assert labels.tolist() == [1, 0]
+    with pytest.raises(ValueError, match="class names the model does not know"):
+        resolve_labelled_data((gray, ["nope", STUB_NAMES[0]]), STUB_NAMES)

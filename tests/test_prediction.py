@@ -342,3 +342,51 @@ def test_load_old_checkpoint_without_temperature(tiny, tmp_path):
 def test_load_missing_file():
     with pytest.raises(FileNotFoundError, match=r"Checkpoint not found: '/no/model\.ckpt'"):
         ImageClassifier.load("/no/model.ckpt")
+
+
+# --------------------------------------------------------------------------- review regressions
+
+
+def test_bfloat16_model_predicts(tiny):
+    image = np.random.default_rng(2).integers(0, 256, (32, 32, 3), dtype=np.uint8)
+    model = ImageClassifier(BackboneConfig("resnet18", pretrained=False), num_classes=3, class_names=["a", "b", "c"])
+    model.load_state_dict(tiny.state_dict())
+    model.apply_data_info(["a", "b", "c"], tiny.data_config)
+    reference = model.predict(image, top_k=3)[0]
+    predictions = model.to(torch.bfloat16).predict(image, top_k=3)[0]
+    assert predictions.labels[0] == reference.labels[0]
+
+
+def test_numpy_hyperparameters_save_and_load(tmp_path):
+    config = {**make_data_config(None, 3, 32), "mean": np.array([0.5, 0.5, 0.5])}
+    model = ImageClassifier(
+        BackboneConfig("resnet18", pretrained=False), num_classes=3, lr=np.float64(1e-3), data_config=config
+    )
+    loaded = ImageClassifier.load(model.save(tmp_path / "m.ckpt"))
+    assert loaded.hparams.lr == 1e-3 and loaded.data_config["mean"] == [0.5, 0.5, 0.5]
+
+
+def test_vit_built_with_its_own_size_predicts_at_that_size():
+    backbone = BackboneConfig("test_vit", pretrained=False, extra_kwargs={"img_size": 48})
+    model = ImageClassifier(backbone, num_classes=3)
+    assert model.preprocessor.input_size == (3, 48, 48)
+    assert len(model.predict(np.zeros((40, 40, 3), np.uint8))) == 1
+
+
+def test_multi_label_top_k_caps_the_labels():
+    predictions = decode(np.array([[3.0, 2.0, 1.0]]), ["a", "b", "c"], multi_label=True, top_k=2)
+    assert predictions[0].labels == ["a", "b"]
+
+
+def test_load_rejects_foreign_files_and_unavailable_cuda(tmp_path, tiny):
+    garbage = tmp_path / "bad.ckpt"
+    garbage.write_text("not a checkpoint")
+    with pytest.raises(ValueError, match="is not an autotimm checkpoint"):
+        ImageClassifier.load(garbage)
+    foreign = tmp_path / "other.ckpt"
+    torch.save({"foo": 1}, foreign)
+    with pytest.raises(ValueError, match="is not an autotimm checkpoint"):
+        ImageClassifier.load(foreign)
+    if not torch.cuda.is_available():
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            ImageClassifier.load(tiny.save(tmp_path / "m.ckpt"), map_location="cuda")

@@ -48,9 +48,9 @@ _EPILOG = """\
 examples:
   autotimm models resnet
   autotimm train --data data/pets --backbone resnet18 --epochs 10 --output-dir runs/pets
-  autotimm evaluate runs/pets/checkpoints/best.ckpt data/pets
-  autotimm predict runs/pets/checkpoints/best.ckpt photos/ --top-k 3
-  autotimm export runs/pets/checkpoints/best.ckpt --output pets.onnx
+  autotimm evaluate runs/pets/checkpoints/last.ckpt data/pets
+  autotimm predict runs/pets/checkpoints/last.ckpt photos/ --top-k 3
+  autotimm export runs/pets/checkpoints/last.ckpt --output pets.onnx
   autotimm serve pets.onnx --port 8000"""
 
 # Errors whose message says it all; any other exception also shows its type.

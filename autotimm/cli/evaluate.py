@@ -23,8 +23,8 @@ with the --val-split, --test-split and --seed of training (the defaults match
 train's), --split test evaluates exactly the images training held out."""
 EXAMPLES = """\
 examples:
-  autotimm evaluate runs/pets/checkpoints/best.ckpt data/pets
-  autotimm evaluate runs/pets/checkpoints/best.ckpt data/pets --split val --output-dir reports/pets-val
+  autotimm evaluate runs/pets/checkpoints/last.ckpt data/pets
+  autotimm evaluate runs/pets/checkpoints/last.ckpt data/pets --split val --output-dir reports/pets-val
   autotimm evaluate pets.onnx data/pets-holdout --split all --tta
   autotimm evaluate model.ckpt labels.csv --val-split 0.1 --test-split 0.2 --seed 0"""
 
@@ -37,7 +37,7 @@ class EvaluateConfig:
         ckpt: The model: a .ckpt checkpoint (from `autotimm train`) or an .onnx export.
         data: Labelled images: a class folder, a CSV file or a built-in dataset name.
         split: The split to evaluate: test, val, train, or all (every image of DATA, for a separate held-out set).
-        output_dir: Report folder; default: eval-<split> in the run folder (for runs/x/checkpoints/best.ckpt:
+        output_dir: Report folder; default: eval-<split> in the run folder (for runs/x/checkpoints/last.ckpt:
             runs/x/eval-test), or next to CKPT.
         val_split: Validation fraction carved from DATA when it has no validation split, as in training, in [0, 1).
         test_split: Test fraction carved from DATA when it has no test split, as in training, in [0, 1).

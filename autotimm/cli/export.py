@@ -19,7 +19,7 @@ otherwise nothing is written and the command fails. ONNX export needs
 `pip install "autotimm[onnx]"`."""
 EXAMPLES = """\
 examples:
-  autotimm export runs/pets/checkpoints/best.ckpt --output pets.onnx
+  autotimm export runs/pets/checkpoints/last.ckpt --output pets.onnx
   autotimm export best.ckpt --format onnx --output deploy/pets.onnx --quantize
   autotimm export best.ckpt --format torchscript --output pets.pt"""
 

@@ -25,7 +25,7 @@ predictions to stdout, for scripts: JSON is a list of {"source", "labels",
 source,rank,label,probability,index."""
 EXAMPLES = """\
 examples:
-  autotimm predict runs/pets/checkpoints/best.ckpt photos/cat.jpg photos/dog.png
+  autotimm predict runs/pets/checkpoints/last.ckpt photos/cat.jpg photos/dog.png
   autotimm predict pets.onnx photos/ --top-k 3
   autotimm predict best.ckpt "photos/*.jpg" --format json > predictions.json
   autotimm predict best.ckpt photos/ --format csv --tta > predictions.csv"""

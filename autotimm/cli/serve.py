@@ -17,7 +17,7 @@ export): a REST API to post images to and a web page to try it. Stop it with
 Ctrl+C. Needs `pip install "autotimm[serve]"` (FastAPI, uvicorn)."""
 EXAMPLES = """\
 examples:
-  autotimm serve runs/pets/checkpoints/best.ckpt
+  autotimm serve runs/pets/checkpoints/last.ckpt
   autotimm serve pets.onnx --host 0.0.0.0 --port 8080 --top-k 3
   # then: curl -F "file=@photo.jpg" http://127.0.0.1:8000/predict, or open http://127.0.0.1:8000/"""
 
@@ -70,20 +70,40 @@ def run(config: ServeConfig) -> int:
 
     path = require_file(config.ckpt, "CKPT", "a .ckpt checkpoint or an .onnx export")
     try:
-        from autotimm.service import run_server
+        from autotimm.service import load_model, run_server
     except ImportError as err:
         raise ImportError(
             f'autotimm serve needs the service dependencies: pip install "autotimm[serve]" ({err})'
         ) from err
-    run_server(
-        str(path),
-        host=config.host,
-        port=config.port,
-        log_level=config.log_level,
-        top_k=config.top_k,
-        device=config.device,
-        max_batch_size=config.max_batch_size,
-        batch_window_ms=config.batch_window_ms,
-        max_upload_bytes=config.max_upload_bytes,
-    )
+    _check_port(config.host, config.port)
+    model = load_model(str(path), device=config.device)  # before uvicorn: a bad file is a one-line error
+    try:
+        run_server(
+            model,
+            host=config.host,
+            port=config.port,
+            log_level=config.log_level,
+            top_k=config.top_k,
+            device=config.device,
+            max_batch_size=config.max_batch_size,
+            batch_window_ms=config.batch_window_ms,
+            max_upload_bytes=config.max_upload_bytes,
+        )
+    except SystemExit as stop:  # uvicorn exits 3 when it cannot start; its log says why
+        if stop.code not in (0, None):
+            raise RuntimeError(
+                f"the server could not start on {config.host}:{config.port} (see the log above)"
+            ) from None
     return 0
+
+
+def _check_port(host: str, port: int) -> None:
+    """Fail fast, before the model loads, when the address cannot be listened on."""
+    import socket
+
+    try:
+        with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            probe.bind((host, port))
+    except OSError as err:
+        raise OSError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None

@@ -158,7 +158,13 @@ def _write_config(config: TrainConfig, folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(dataclasses.asdict(config), sort_keys=False))
+    values = dataclasses.asdict(config)
+    # Paths made absolute, so that the file repeats the run from any working directory.
+    for name in ("data", "output_dir", "dataset_root"):
+        value = values.get(name)
+        if isinstance(value, str) and (name != "data" or Path(value).exists()):
+            values[name] = str(Path(value).resolve())
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
     return path
 
 
