@@ -23,6 +23,7 @@ from PIL import Image
 
 try:
     from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+    from fastapi.exceptions import RequestValidationError
     from fastapi.responses import HTMLResponse
     from starlette.concurrency import run_in_threadpool
 except ImportError as _err:  # pragma: no cover - depends on the installation
@@ -38,6 +39,7 @@ from autotimm.service_http import (
     decode_upload,
     error_responses,
     format_bytes,
+    validation_error,
 )
 
 __all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "create_app", "load_model", "run_server", "serve_in_thread"]
@@ -265,6 +267,7 @@ def create_app(
         lifespan=lifespan,
     )
     app.state.service = service
+    app.add_exception_handler(RequestValidationError, validation_error)
     per_image = max_upload_bytes + _MULTIPART_OVERHEAD
     app.add_middleware(
         RequestGuard,

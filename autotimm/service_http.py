@@ -11,6 +11,8 @@ import logging
 from typing import Any
 
 from fastapi import HTTPException
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
@@ -24,6 +26,7 @@ __all__ = [
     "decode_upload",
     "error_responses",
     "format_bytes",
+    "validation_error",
 ]
 
 logger = logging.getLogger("autotimm.service")
@@ -221,3 +224,18 @@ class RequestGuard:
             if state["started"]:
                 raise
             await _send_json(send, 500, GENERIC_500)
+
+
+async def validation_error(request: Any, exc: RequestValidationError) -> JSONResponse:
+    """Answer a request that fails FastAPI's validation with 422 and ONE string ``detail``, like every other error.
+
+    FastAPI's own answer is a list of objects, which breaks clients written to
+    the documented ``{"detail": "..."}``.
+    """
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query"))
+        parts.append(f"{where}: {error.get('msg', 'invalid')}" if where else str(error.get("msg", "invalid")))
+    hint = " (send images as multipart form fields: 'file' for /predict, 'files' for /predict/batch)"
+    missing = any(error.get("type") == "missing" for error in exc.errors())
+    return JSONResponse(status_code=422, content={"detail": "; ".join(parts) + (hint if missing else "")})

@@ -201,7 +201,9 @@ def test_bad_top_k(client, query, words):
 
 def test_missing_field(client):
     assert client.post("/predict", files={"image": ("a.png", png(6), "image/png")}).status_code == 422
-    assert client.post("/predict").status_code == 422
+    missing = client.post("/predict")
+    assert missing.status_code == 422
+    assert isinstance(missing.json()["detail"], str) and "multipart form fields" in missing.json()["detail"]
     assert client.post("/predict/batch", files={"file": ("a.png", png(6), "image/png")}).status_code == 422
 
 
