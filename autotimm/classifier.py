@@ -220,7 +220,7 @@ class ImageClassifier(InferenceMixin, pl.LightningModule):
         x, y = batch[0], batch[1]
         logits = self(x)
         loss = self._eval_loss(logits, y)
-        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x))
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         self._log_metrics(stage, logits, y.long() if self.hparams.multi_label else y)
         return loss, logits, y
 
