@@ -18,7 +18,7 @@ from PIL import Image
 
 from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, convert_image, load_image
 
-__all__ = ["ImageSource", "collect_inputs", "image_files"]
+__all__ = ["ImageSource", "collect_inputs", "image_files", "is_tensor"]
 
 _ACCEPTED = (
     "a file path, a folder, a glob pattern, a Pillow image, a numpy array (H, W), (H, W, C) or (N, H, W, C), "
@@ -142,7 +142,8 @@ def _layouts(channels_first: bool) -> str:
     return "(H, W), (H, W, C) or (N, H, W, C) with C in 1, 3 or 4"
 
 
-def _is_tensor(value: Any) -> bool:
+def is_tensor(value: Any) -> bool:
+    """Whether ``value`` is a torch tensor (checked without importing torch)."""
     return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
 
 
@@ -155,7 +156,7 @@ def _collect_one(value: Any) -> list[ImageSource]:
         return [ImageSource(None, image=value)]
     if isinstance(value, np.ndarray):
         return _from_array(value, channels_first=False)
-    if _is_tensor(value):
+    if is_tensor(value):
         tensor = value.detach().cpu()
         if tensor.dtype.is_floating_point:
             tensor = tensor.float()  # bf16/fp16 have no numpy dtype

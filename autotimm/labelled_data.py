@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from autotimm.inputs import ImageSource, collect_inputs
+from autotimm.inputs import ImageSource, collect_inputs, is_tensor
 
 __all__ = ["check_single_label", "is_multi_label", "map_class_names", "resolve_labelled_data"]
 
@@ -123,13 +123,9 @@ def _from_folder(folder: Path, model_names: Sequence[str], split: str) -> tuple[
     return _from_table(table, source.class_names, model_names, what)
 
 
-def _is_tensor(value: Any) -> bool:
-    return type(value).__module__.split(".")[0] == "torch" and hasattr(value, "detach")
-
-
 def _from_arrays(images: Any, labels: Any, class_names: Sequence[str]) -> tuple[list[ImageSource], np.ndarray]:
     num_classes = len(class_names)
-    if _is_tensor(labels):
+    if is_tensor(labels):
         labels = labels.detach().cpu().numpy()
     array = np.asarray(labels)
     if array.dtype.kind in "USO":  # class names: map them to the model's indices
@@ -154,9 +150,9 @@ def _from_arrays(images: Any, labels: Any, class_names: Sequence[str]) -> tuple[
             f"`labels` must be class indices of the model, in [0, {num_classes - 1}], "
             f"got values in [{array.min()}, {array.max()}]"
         )
-    if (isinstance(images, np.ndarray) or _is_tensor(images)) and images.ndim == 3:
+    if (isinstance(images, np.ndarray) or is_tensor(images)) and images.ndim == 3:
         # A batch of grayscale images: (N, H, W) -> (N, H, W, 1) arrays, (N, 1, H, W) tensors.
-        images = images[:, None] if _is_tensor(images) else images[..., None]
+        images = images[:, None] if is_tensor(images) else images[..., None]
     sources = collect_inputs(images)
     if len(sources) != len(array):
         raise ValueError(f"`data` has {len(sources)} images but {len(array)} labels; they must be the same length")

@@ -21,7 +21,7 @@ import numpy as np
 
 from autotimm.inputs import collect_inputs
 from autotimm.prediction import Prediction, check_predict_arguments, compute_logits, decode
-from autotimm.preprocess import Preprocessor, check_tta
+from autotimm.preprocess import Preprocessor
 
 __all__ = [
     "INPUT_NAME",
@@ -322,12 +322,9 @@ class OnnxPredictor:
         self, inputs: Any, batch_size: int, tta: bool | str, skip_bad_images: bool, progress: bool | None
     ) -> tuple[np.ndarray, list[str | None]]:
         """The graph's output (logits / temperature) and the kept sources."""
-        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
-            raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
-        check_tta(tta)
         sources = collect_inputs(inputs)
         logits, kept = compute_logits(
-            self._forward, sources, self._preprocessor, int(batch_size), tta, skip_bad_images, progress
+            self._forward, sources, self._preprocessor, batch_size, tta, skip_bad_images, progress
         )
         return logits, [sources[i].source for i in kept]
 

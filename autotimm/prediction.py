@@ -6,7 +6,6 @@ model runs behind a ``forward`` function from a float32 batch to logits.
 
 from __future__ import annotations
 
-import os
 import warnings
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -17,10 +16,19 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from autotimm.data.images import READ_ERRORS, read_problem, unreadable_image_error, usable_cores
 from autotimm.inputs import ImageSource
 from autotimm.preprocess import Preprocessor, check_tta
 
-__all__ = ["Prediction", "check_predict_arguments", "compute_logits", "decode", "sigmoid", "softmax"]
+__all__ = [
+    "Prediction",
+    "check_predict_arguments",
+    "check_run_arguments",
+    "compute_logits",
+    "decode",
+    "sigmoid",
+    "softmax",
+]
 
 #: Classes per image when ``top_k=None``.
 DEFAULT_TOP_K = 5
@@ -76,6 +84,21 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
+def _is_int(value: Any) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def check_run_arguments(batch_size: int, tta: bool | str) -> None:
+    """Check the arguments every prediction run takes (``predict`` and ``predict_logits`` alike).
+
+    Raises:
+        ValueError: ``batch_size`` is not a positive integer, or ``tta`` is not a known mode.
+    """
+    if not _is_int(batch_size) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+    check_tta(tta)
+
+
 def check_predict_arguments(
     num_classes: int, top_k: int | None, batch_size: int, threshold: float, tta: bool | str, multi_label: bool
 ) -> int:
@@ -87,19 +110,13 @@ def check_predict_arguments(
     Raises:
         ValueError: Naming the argument, the value and what is accepted.
     """
-
-    def is_int(value: Any) -> bool:
-        return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
     if top_k is None:
         top_k = min(DEFAULT_TOP_K, num_classes)
-    if not is_int(top_k) or top_k < 1 or (top_k > num_classes and not multi_label):
+    if not _is_int(top_k) or top_k < 1 or (top_k > num_classes and not multi_label):
         raise ValueError(f"`top_k` must be an integer from 1 to {num_classes} (the model's classes), got {top_k!r}")
-    if not is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+    check_run_arguments(batch_size, tta)
     if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.0 < threshold < 1.0:
         raise ValueError(f"`threshold` must be a number in (0, 1), got {threshold!r}")
-    check_tta(tta)
     return int(top_k)
 
 
@@ -158,30 +175,12 @@ def _progress_bar(total: int, show: bool, description: str) -> Iterator[Callable
         yield lambda n: progress.advance(task, n)
 
 
-def _cpu_count() -> int:
-    """CPUs this process may use (at least 1)."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
 def _load(source: ImageSource, in_chans: int) -> Image.Image | str:
     """The decoded image, or the reason it could not be read."""
     try:
         return source.load(in_chans)
-    except FileNotFoundError:
-        return "file not found"
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        return f"{type(err).__name__}: {err}"
-
-
-def _bad_image_error(source: ImageSource, problem: str) -> Exception:
-    message = (
-        f"Cannot read image {source.source or '<in-memory image>'!r}: {problem}. "
-        "Fix or remove it, or pass skip_bad_images=True to skip unreadable images."
-    )
-    return FileNotFoundError(message) if problem == "file not found" else ValueError(message)
+    except READ_ERRORS as err:
+        return read_problem(err)
 
 
 def compute_logits(
@@ -212,8 +211,11 @@ def compute_logits(
 
     Raises:
         FileNotFoundError: A missing file (without ``skip_bad_images``).
-        ValueError: An unreadable image (without ``skip_bad_images``), or no readable image at all.
+        ValueError: An unreadable image (without ``skip_bad_images``), no readable image at
+            all, or a bad ``batch_size`` or ``tta``.
     """
+    check_run_arguments(batch_size, tta)
+    batch_size = int(batch_size)
     views = preprocessor.num_views(tta)
     outputs: list[np.ndarray] = []
     kept: list[int] = []
@@ -221,7 +223,7 @@ def compute_logits(
     batches = range(0, len(sources), batch_size)
     show = len(batches) > PROGRESS_MIN_BATCHES if progress is None else progress
     with (
-        ThreadPoolExecutor(max_workers=min(4, _cpu_count())) as pool,
+        ThreadPoolExecutor(max_workers=min(4, usable_cores())) as pool,
         _progress_bar(len(sources), show, "Predicting") as advance,
     ):
         for start in batches:
@@ -230,7 +232,7 @@ def compute_logits(
             for index, image in zip(chunk, images, strict=True):
                 if isinstance(image, str):
                     if not skip_bad_images:
-                        raise _bad_image_error(sources[index], image)
+                        raise unreadable_image_error(f"image {sources[index].source or '<in-memory image>'!r}", image)
                     bad.append(index)
             good = [(i, image) for i, image in zip(chunk, images, strict=True) if not isinstance(image, str)]
             if good:

@@ -390,3 +390,22 @@ def test_load_rejects_foreign_files_and_unavailable_cuda(tmp_path, tiny):
     if not torch.cuda.is_available():
         with pytest.raises(ValueError, match="CUDA is not available"):
             ImageClassifier.load(tiny.save(tmp_path / "m.ckpt"), map_location="cuda")
+
+
+def test_predict_logits_checks_batch_size_and_tta(tiny):
+    image = np.zeros((8, 8, 3), np.uint8)
+    with pytest.raises(ValueError, match=r"`batch_size` must be a positive integer, got 0"):
+        tiny.predict_logits(image, batch_size=0)
+    with pytest.raises(ValueError, match="`tta` must be"):
+        tiny.predict_logits(image, tta="sideways")
+
+
+def test_lazy_exports_match_all():
+    import autotimm
+    import autotimm.data
+
+    for package in (autotimm, autotimm.data):
+        exported = {name for names in package._EXPORTS.values() for name in names}
+        assert set(package.__all__) - {"__version__"} == exported
+        for name in exported:
+            assert getattr(package, name) is not None

@@ -11,7 +11,18 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-__all__ = ["IMAGE_EXTENSIONS", "array_to_image", "check_images", "convert_image", "image_mode", "load_image"]
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "READ_ERRORS",
+    "array_to_image",
+    "check_images",
+    "convert_image",
+    "image_mode",
+    "load_image",
+    "read_problem",
+    "unreadable_image_error",
+    "usable_cores",
+]
 
 #: File extensions read as images (torchvision's ``ImageFolder`` list), matched case-insensitively.
 #: Written out, not imported from torchvision, so that this module (used by the ONNX predictor) needs no torch.
@@ -109,14 +120,44 @@ def array_to_image(array: np.ndarray, in_chans: int = 3) -> Image.Image:
     return _convert(Image.fromarray(np.ascontiguousarray(array)), mode)
 
 
+#: What Pillow raises for a file it cannot read (``FileNotFoundError`` is an ``OSError``).
+READ_ERRORS: tuple[type[Exception], ...] = (OSError, ValueError, Image.DecompressionBombError)
+
+
+def read_problem(err: Exception) -> str:
+    """Say why an image could not be read: ``"file not found"`` or the error's type and message."""
+    return "file not found" if isinstance(err, FileNotFoundError) else f"{type(err).__name__}: {err}"
+
+
+def unreadable_image_error(what: str, problem: str, more: str = "", unit: str = "images") -> Exception:
+    """The error for an image that cannot be read: ``FileNotFoundError`` for a missing file, else ``ValueError``.
+
+    Args:
+        what: The image, as named in the message (e.g. ``"image file 'a.png'"``).
+        problem: From [`read_problem`][autotimm.data.images.read_problem].
+        more: Appended to the problem (e.g. how many more files are bad).
+        unit: What ``skip_bad_images=True`` skips, in the hint.
+    """
+    message = (
+        f"Cannot read {what}: {problem}{more}. "
+        f"Fix or remove it, or pass skip_bad_images=True to skip unreadable {unit}."
+    )
+    return FileNotFoundError(message) if problem == "file not found" else ValueError(message)
+
+
+def usable_cores() -> int:
+    """The CPU cores this process may run on (its affinity mask, e.g. from a job scheduler), at least 1."""
+    if hasattr(os, "sched_getaffinity"):
+        return max(1, len(os.sched_getaffinity(0)))
+    return max(1, os.cpu_count() or 1)
+
+
 def _problem(path: Path) -> str | None:
     try:
         with Image.open(path) as image:
             image.load()  # a full decode: verify() misses truncated files
-    except FileNotFoundError:
-        return "file not found"
-    except (OSError, ValueError, Image.DecompressionBombError) as err:
-        return f"{type(err).__name__}: {err}"
+    except READ_ERRORS as err:
+        return read_problem(err)
     return None
 
 
@@ -146,13 +187,7 @@ def check_images(paths: Sequence[Path], skip_bad_images: bool, what: str = "imag
     if bad and not skip_bad_images:
         index, problem = bad[0]
         more = f" ({len(bad) - 1} more bad files)" if len(bad) > 1 else ""
-        message = (
-            f"Cannot read image file {str(paths[index])!r}: {problem}{more}. "
-            "Fix or remove it, or pass skip_bad_images=True to skip unreadable files."
-        )
-        if problem == "file not found":
-            raise FileNotFoundError(message)
-        raise ValueError(message)
+        raise unreadable_image_error(f"image file {str(paths[index])!r}", problem, more, unit="files")
     if bad:
         examples = ", ".join(repr(str(paths[i])) for i, _ in bad[:3])
         warnings.warn(

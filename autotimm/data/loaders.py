@@ -2,25 +2,19 @@
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from autotimm.data.images import usable_cores
+
 __all__ = ["default_num_workers", "make_loader"]
-
-
-def _usable_cores() -> int:
-    # The cores this process may run on (a CPU affinity mask, e.g. from a job scheduler), not the machine's.
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
 
 
 def default_num_workers() -> int:
     """Loader worker processes by default: one usable core left for the main process, at most 4."""
-    return min(4, max(_usable_cores() - 1, 0))
+    return min(4, max(usable_cores() - 1, 0))
 
 
 def make_loader(dataset: Dataset, batch_size: int, num_workers: int, **kwargs: Any) -> DataLoader:
