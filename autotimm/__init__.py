@@ -18,9 +18,12 @@ if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load 
         list_builtin_datasets,
         load_builtin_dataset,
     )
+    from autotimm.ema import EMA
     from autotimm.evaluation import EvaluationReport, evaluate
     from autotimm.explanations import Explanation, explain
     from autotimm.exporting import ExportParityError, ExportResult, export
+    from autotimm.feature_cache import FeatureDataModule
+    from autotimm.finetuning import UnfreezeSchedule, backbone_stages
     from autotimm.head import ClassificationHead
     from autotimm.logging_config import LoggingConfig
     from autotimm.metrics import MetricConfig, MetricManager, default_metrics
@@ -39,9 +42,12 @@ _EXPORTS: dict[str, list[str]] = {
     "autotimm.backbone": ["BackboneConfig", "PretrainedWeightsUnavailableError", "create_backbone", "list_backbones"],
     "autotimm.calibration": ["CalibrationResult"],
     "autotimm.classifier": ["ImageClassifier"],
+    "autotimm.ema": ["EMA"],
     "autotimm.evaluation": ["EvaluationReport", "evaluate"],
     "autotimm.explanations": ["Explanation", "explain"],
     "autotimm.exporting": ["ExportParityError", "ExportResult", "export"],
+    "autotimm.feature_cache": ["FeatureDataModule"],
+    "autotimm.finetuning": ["UnfreezeSchedule", "backbone_stages"],
     "autotimm.onnx_predictor": ["OnnxPredictor", "read_metadata"],
     "autotimm.quantization": ["QuantizationReport", "quantize_onnx"],
     "autotimm.data": [
@@ -64,6 +70,7 @@ _EXPORTS: dict[str, list[str]] = {
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = [
+    "EMA",
     "AutoTrainer",
     "BackboneConfig",
     "CalibrationResult",
@@ -72,6 +79,7 @@ __all__ = [
     "Explanation",
     "ExportParityError",
     "ExportResult",
+    "FeatureDataModule",
     "ImageClassifier",
     "ImageDataModule",
     "LinearWarmup",
@@ -83,7 +91,9 @@ __all__ = [
     "PretrainedWeightsUnavailableError",
     "QuantizationReport",
     "TunerConfig",
+    "UnfreezeSchedule",
     "__version__",
+    "backbone_stages",
     "create_app",
     "create_backbone",
     "create_optimizer",

@@ -13,6 +13,7 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from autotimm.backbone import BackboneConfig, as_backbone_config, create_backbone
+from autotimm.finetuning import FineTuningMixin, check_finetuning_arguments
 from autotimm.head import ClassificationHead
 from autotimm.inference import InferenceMixin
 from autotimm.logging_config import LoggingConfig, confusion_matrix_figure, log_figure, total_norm
@@ -25,7 +26,7 @@ from autotimm.validation import check_class_names, check_class_weights, check_cl
 __all__ = ["ImageClassifier"]
 
 
-class ImageClassifier(InferenceMixin, pl.LightningModule):
+class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
     """End-to-end image classifier: a headless timm backbone and a `ClassificationHead`.
 
     Args:
@@ -64,6 +65,21 @@ class ImageClassifier(InferenceMixin, pl.LightningModule):
         data_config: The preprocessing the model expects (timm's data config:
             input size, mean, std, interpolation, crop fraction), stored with
             the checkpoint; see [`apply_data_info`][autotimm.ImageClassifier.apply_data_info].
+        layer_decay: Layer-wise learning-rate decay in ``(0, 1]``: the head learns
+            at ``lr``, the backbone's top layer at ``lr * layer_decay``, the next
+            at ``lr * layer_decay**2``, … (timm's layers; see
+            [`parameter_groups`][autotimm.finetuning.parameter_groups]).
+        unfreeze_schedule: Progressive unfreezing, ``{epoch: stages}``: from each
+            epoch on, that many backbone stages (from the top) or ``"all"``
+            train; before the first epoch listed only the head does. See
+            [`UnfreezeSchedule`][autotimm.finetuning.UnfreezeSchedule].
+        ema_decay: Keep an exponential moving average of the weights with this
+            decay in ``(0, 1)``; it is validated and saved (see [`EMA`][autotimm.EMA]).
+        cache_features: With ``freeze_backbone=True``: `AutoTrainer.fit` computes
+            the backbone's features once (evaluation transform) and trains the
+            head on them (see [`FeatureDataModule`][autotimm.FeatureDataModule]).
+        channels_last: Run convolutions in channels-last memory format (faster
+            for CNNs on recent CPUs and GPUs).
 
     Raises:
         ValueError: For any argument out of range or an unknown name; the
@@ -102,6 +118,11 @@ class ImageClassifier(InferenceMixin, pl.LightningModule):
         multi_label: bool = False,
         class_weights: Sequence[float] | None = None,
         data_config: dict[str, Any] | None = None,
+        layer_decay: float | None = None,
+        unfreeze_schedule: dict[int, int | str] | None = None,
+        ema_decay: float | None = None,
+        cache_features: bool = False,
+        channels_last: bool = False,
     ) -> None:
         super().__init__()
         check_classifier_arguments(
@@ -117,6 +138,10 @@ class ImageClassifier(InferenceMixin, pl.LightningModule):
             mixup_alpha=mixup_alpha,
             cutmix_alpha=cutmix_alpha,
         )
+        self._unfreeze = check_finetuning_arguments(
+            freeze_backbone, layer_decay, unfreeze_schedule, ema_decay, cache_features, channels_last, mixup_alpha,
+            cutmix_alpha,
+        )  # fmt: skip
         class_names = check_class_names(class_names, num_classes)
         class_weights = check_class_weights(class_weights, num_classes)
 
@@ -155,6 +180,11 @@ class ImageClassifier(InferenceMixin, pl.LightningModule):
                     "multi_label": multi_label,
                     "class_weights": class_weights,
                     "data_config": data_config,
+                    "layer_decay": layer_decay,
+                    "unfreeze_schedule": self._unfreeze and self._unfreeze.to_dict(),
+                    "ema_decay": ema_decay,
+                    "cache_features": cache_features,
+                    "channels_last": channels_last,
                 }
             )
         )
@@ -175,23 +205,27 @@ class ImageClassifier(InferenceMixin, pl.LightningModule):
             # Eval mode is set in on_train_start: Lightning keeps each module's mode
             # and warns about modules already in eval mode when fit starts.
             self.backbone.requires_grad_(False)
+        if self._unfreeze is not None:
+            self._unfreeze.apply(self, epoch=0, norms=False)  # norm modes are set when training starts
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        # FSDP flattens parameters to 1-d before configure_optimizers: weight decay goes by these shapes.
+        self._param_ndims = {name: p.ndim for name, p in self.named_parameters()}
 
     # ------------------------------------------------------------------ model
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Return logits ``(N, num_classes)`` for images ``(N, C, H, W)``."""
+        if self.hparams.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(x))
 
-    def on_train_start(self) -> None:
-        """Put a frozen backbone in eval mode, so BatchNorm statistics stay fixed through fit."""
-        if self.hparams.freeze_backbone:
-            self.backbone.eval()
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        # Cached backbone features (cache_features=True, see FeatureDataModule) arrive as (N, num_features).
+        return self.head(x) if x.ndim == 2 and self.hparams.cache_features else self(x)
 
-    def train(self, mode: bool = True) -> ImageClassifier:
-        """Set training mode; a frozen backbone always stays in eval mode (fixed BatchNorm statistics)."""
-        super().train(mode)
-        if self.hparams.freeze_backbone:
-            self.backbone.eval()
-        return self
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        # Cached backbone features (cache_features=True, see FeatureDataModule) arrive as (N, num_features).
+        return self.head(x) if x.ndim == 2 and self.hparams.cache_features else self(x)
 
     # ------------------------------------------------------------------ steps
     def _make_criterion(self) -> nn.Module:
@@ -218,7 +252,7 @@ class ImageClassifier(InferenceMixin, pl.LightningModule):
 
     def _evaluate(self, batch: Sequence[torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         x, y = batch[0], batch[1]
-        logits = self(x)
+        logits = self._logits(x)
         loss = self._eval_loss(logits, y)
         self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
         self._log_metrics(stage, logits, y.long() if self.hparams.multi_label else y)
@@ -238,7 +272,7 @@ class ImageClassifier(InferenceMixin, pl.LightningModule):
             )
         if hp.multi_label:
             target = target.float() * (1 - hp.label_smoothing) + 0.5 * hp.label_smoothing
-        logits = self(x)
+        logits = self._logits(x)
         loss = self.criterion(logits, target)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
         if hp.multi_label:
@@ -271,54 +305,6 @@ class ImageClassifier(InferenceMixin, pl.LightningModule):
         logits = self(x) / self.temperature
         return logits.sigmoid() if self.hparams.multi_label else logits.softmax(dim=1)
 
-    def apply_data_info(
-        self,
-        class_names: Sequence[str],
-        data_config: dict[str, Any] | None = None,
-        class_weights: Sequence[float] | torch.Tensor | None = None,
-        multi_label: bool | None = None,
-    ) -> None:
-        """Take class names, preprocessing and loss weights from the data.
-
-        Stored in the hyper-parameters, so checkpoints carry them and
-        ``load_from_checkpoint`` restores them. ``AutoTrainer.fit`` calls this
-        with the data module's values.
-
-        Args:
-            class_names: One name per class, in label order.
-            data_config: timm data config (input size, mean, std, ...).
-            class_weights: Per-class loss weights, or ``None`` to keep the current ones.
-            multi_label: Whether the data is multi-label, checked against the model's ``multi_label``.
-
-        Raises:
-            ValueError: If the number of classes differs from ``num_classes``, or
-                the data is multi-label and the model is not (or the reverse).
-        """
-        num_classes = self.hparams.num_classes
-        if multi_label is not None and bool(multi_label) != self.hparams.multi_label:
-            raise ValueError(
-                f"the data is {'multi' if multi_label else 'single'}-label but the model was built with "
-                f"multi_label={self.hparams.multi_label}; build it with multi_label={bool(multi_label)}"
-            )
-        if len(class_names) != num_classes:
-            raise ValueError(
-                f"the data has {len(class_names)} classes ({', '.join(map(str, class_names[:10]))}"
-                f"{', ...' if len(class_names) > 10 else ''}) but the model was built with num_classes={num_classes}"
-            )
-        self.class_names = check_class_names(class_names, num_classes)
-        self.hparams["class_names"] = self.class_names
-        if data_config is not None:
-            self.hparams["data_config"] = plain_data(dict(data_config))
-        if class_weights is not None:
-            weights = class_weights.tolist() if isinstance(class_weights, torch.Tensor) else class_weights
-            self.hparams["class_weights"] = check_class_weights(weights, num_classes)
-            self.criterion = self._make_criterion().to(self.device)
-
-    @property
-    def data_config(self) -> dict[str, Any] | None:
-        """The preprocessing the model expects (timm data config), when known."""
-        return self.hparams.data_config
-
     # ------------------------------------------------------------------ hooks
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Log ``train/grad_norm`` and ``train/weight_norm`` when asked (one fused norm each)."""
@@ -342,7 +328,7 @@ class ImageClassifier(InferenceMixin, pl.LightningModule):
             return
         self.val_confusion_matrix_values = matrix.cpu()
         loggers = self.trainer.loggers
-        if loggers:
+        if loggers and self.trainer.is_global_zero:  # compute() above is collective; drawing is rank 0's
             log_figure(
                 loggers, "val/confusion_matrix", confusion_matrix_figure(matrix, self.class_names), self.global_step
             )
@@ -370,6 +356,9 @@ class ImageClassifier(InferenceMixin, pl.LightningModule):
             weight_decay=self.hparams.weight_decay,
             optimizer_kwargs=self.hparams.optimizer_kwargs,
             no_weight_decay=[f"backbone.{name}" for name in no_decay],
+            layer_decay=self.hparams.layer_decay,
+            include_frozen=self._unfreeze is not None,
+            ndims=self._param_ndims,
         )
         total, per_epoch = self._training_length()
         configs = create_scheduler(

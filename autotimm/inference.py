@@ -1,4 +1,4 @@
-"""Using a trained classifier: load and save checkpoints, predict on images, calibrate.
+"""Using a trained classifier: its classes and preprocessing, load and save checkpoints, predict, calibrate.
 
 [`ImageClassifier`][autotimm.ImageClassifier] inherits these methods from
 `InferenceMixin`; the work is done by ``autotimm.prediction`` (batching,
@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import pickle
 import tempfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,6 +22,7 @@ from autotimm.data.transforms import backbone_in_chans, make_data_config
 from autotimm.inputs import collect_inputs
 from autotimm.prediction import Prediction, check_predict_arguments, compute_logits, decode
 from autotimm.preprocess import Preprocessor
+from autotimm.validation import check_class_names, check_class_weights, plain_data
 
 __all__ = ["InferenceMixin"]
 
@@ -219,3 +221,51 @@ class InferenceMixin:
         from autotimm.calibration import calibrate_model
 
         return calibrate_model(self, data, split=split, **kwargs)
+
+    def apply_data_info(
+        self,
+        class_names: Sequence[str],
+        data_config: dict[str, Any] | None = None,
+        class_weights: Sequence[float] | torch.Tensor | None = None,
+        multi_label: bool | None = None,
+    ) -> None:
+        """Take class names, preprocessing and loss weights from the data.
+
+        Stored in the hyper-parameters, so checkpoints carry them and
+        ``load_from_checkpoint`` restores them. ``AutoTrainer.fit`` calls this
+        with the data module's values.
+
+        Args:
+            class_names: One name per class, in label order.
+            data_config: timm data config (input size, mean, std, ...).
+            class_weights: Per-class loss weights, or ``None`` to keep the current ones.
+            multi_label: Whether the data is multi-label, checked against the model's ``multi_label``.
+
+        Raises:
+            ValueError: If the number of classes differs from ``num_classes``, or
+                the data is multi-label and the model is not (or the reverse).
+        """
+        num_classes = self.hparams.num_classes
+        if multi_label is not None and bool(multi_label) != self.hparams.multi_label:
+            raise ValueError(
+                f"the data is {'multi' if multi_label else 'single'}-label but the model was built with "
+                f"multi_label={self.hparams.multi_label}; build it with multi_label={bool(multi_label)}"
+            )
+        if len(class_names) != num_classes:
+            raise ValueError(
+                f"the data has {len(class_names)} classes ({', '.join(map(str, class_names[:10]))}"
+                f"{', ...' if len(class_names) > 10 else ''}) but the model was built with num_classes={num_classes}"
+            )
+        self.class_names = check_class_names(class_names, num_classes)
+        self.hparams["class_names"] = self.class_names
+        if data_config is not None:
+            self.hparams["data_config"] = plain_data(dict(data_config))
+        if class_weights is not None:
+            weights = class_weights.tolist() if isinstance(class_weights, torch.Tensor) else class_weights
+            self.hparams["class_weights"] = check_class_weights(weights, num_classes)
+            self.criterion = self._make_criterion().to(self.device)
+
+    @property
+    def data_config(self) -> dict[str, Any] | None:
+        """The preprocessing the model expects (timm data config), when known."""
+        return self.hparams.data_config

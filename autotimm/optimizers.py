@@ -7,13 +7,14 @@ are built by timm's own factory, `timm.optim.create_optimizer_v2`.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Collection, Iterable
+from collections.abc import Callable, Collection, Iterable, Mapping
 from typing import Any
 
 import torch
-from timm.optim import create_optimizer_v2, param_groups_weight_decay
+from timm.optim import create_optimizer_v2
 from torch import nn
 
+from autotimm.finetuning import parameter_groups
 from autotimm.registry import Registry, import_from_path
 
 __all__ = [
@@ -113,14 +114,6 @@ for _name in ("adamp", "sgdp", "adabelief", "radam", "lamb", "lars", "madgrad", 
     register_optimizer(_name)(_timm_factory(_name))
 
 
-def _parameter_groups(model: nn.Module, weight_decay: float, no_weight_decay: Collection[str]) -> list[dict[str, Any]]:
-    """Trainable parameters, with weight decay off for biases, norms and ``no_weight_decay``."""
-    groups = param_groups_weight_decay(model, weight_decay, no_weight_decay_list=no_weight_decay)
-    if not groups:
-        raise ValueError("the model has no trainable parameters to optimize (is everything frozen?)")
-    return groups
-
-
 def create_optimizer(
     model: nn.Module,
     optimizer: OptimizerSpec = "adamw",
@@ -128,12 +121,17 @@ def create_optimizer(
     weight_decay: float = 1e-4,
     optimizer_kwargs: dict[str, Any] | None = None,
     no_weight_decay: Collection[str] = (),
+    layer_decay: float | None = None,
+    include_frozen: bool = False,
+    ndims: Mapping[str, int] | None = None,
 ) -> torch.optim.Optimizer:
     """Build an optimizer over the trainable parameters of ``model``.
 
-    Parameters with ``requires_grad=False`` are left out. Weight decay applies
-    to weight matrices and kernels only: biases, normalisation parameters
-    (every 1-d tensor) and the names in ``no_weight_decay`` get none.
+    Parameters with ``requires_grad=False`` are left out unless
+    ``include_frozen``. Weight decay applies to weight matrices and kernels
+    only: biases, normalisation parameters (every 1-d tensor) and the names in
+    ``no_weight_decay`` get none. The groups come from
+    [`parameter_groups`][autotimm.finetuning.parameter_groups].
 
     Args:
         model: The module whose trainable parameters are optimized.
@@ -147,6 +145,11 @@ def create_optimizer(
             ``weight_decay`` argument.
         no_weight_decay: Parameter names (``fnmatch`` patterns) never decayed,
             e.g. a ViT's position embedding.
+        layer_decay: Layer-wise learning-rate decay over ``model.backbone``'s
+            layers (the head keeps ``lr``), or ``None``.
+        include_frozen: Also optimize parameters that are frozen now
+            (progressive unfreezing: they take steps once they get gradients).
+        ndims: The parameters' dimensions before any wrapping (FSDP flattens them).
 
     Returns:
         The optimizer.
@@ -174,8 +177,16 @@ def create_optimizer(
     else:
         raise ValueError(f"`optimizer` must be a name or a dict, got {type(optimizer).__name__}: {optimizer!r}")
     # Each group carries its own weight decay, which overrides the constructor's.
-    groups = _parameter_groups(model, kwargs.pop("weight_decay", weight_decay), no_weight_decay)
     kwargs.setdefault("lr", lr)
+    groups = parameter_groups(
+        model,
+        kwargs["lr"],
+        kwargs.pop("weight_decay", weight_decay),
+        no_weight_decay,
+        layer_decay=layer_decay,
+        include_frozen=include_frozen,
+        ndims=ndims,
+    )
     try:
         return factory(groups, **kwargs)
     except TypeError as err:

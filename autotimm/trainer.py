@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import random
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytorch_lightning as pl
+import torch
 from pytorch_lightning.callbacks import (
     Callback,
     EarlyStopping,
@@ -19,6 +22,7 @@ from pytorch_lightning.callbacks import (
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
+from autotimm.feature_cache import FeatureDataModule
 from autotimm.metrics import MetricManager, metric_mode
 from autotimm.tuning import TunerConfig, run_tuners
 
@@ -137,6 +141,8 @@ class AutoTrainer(pl.Trainer):
         ours += self._monitored_callbacks(monitor, mode or metric_mode(monitor))
         if self._checkpointing:
             ours.append(self._last_checkpoint())
+        if seed is not None:
+            ours.append(_RankSeed(seed))
         super().__init__(callbacks=ours + user_callbacks, **trainer_kwargs)
 
     # ------------------------------------------------------------ callbacks
@@ -213,6 +219,10 @@ class AutoTrainer(pl.Trainer):
                 follows a ``val`` metric but there is no validation data, or
                 ``auto_batch_size`` is asked without a data module.
             RuntimeError: If a tuner fails or gives no result.
+
+        A model built with ``cache_features=True`` trains on its backbone's
+        features, computed once before training; see
+        [`FeatureDataModule`][autotimm.FeatureDataModule].
         """
         if self._tuning:  # the Tuner's own trial runs
             super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
@@ -226,6 +236,14 @@ class AutoTrainer(pl.Trainer):
         if self._auto_monitor:
             self._set_monitor(*default_monitor(model))
         self._check_validation_data(model, val_dataloaders, datamodule)
+        if getattr(model, "hparams", {}).get("cache_features"):
+            if datamodule is not None:
+                datamodule = FeatureDataModule(model, datamodule)
+            elif train_dataloaders is not None:
+                datamodule = FeatureDataModule(
+                    model, train_dataloader=train_dataloaders, val_dataloader=val_dataloaders
+                )
+            train_dataloaders = val_dataloaders = None
         if self.tuner_config.enabled and ckpt_path is None:  # a resumed run keeps its lr (in the optimizer state)
             # Without loggers: a trial run's teardown would write the logger's hparams.yaml before any are logged.
             self._tuning, loggers, self.loggers = True, self.loggers, []
@@ -318,6 +336,25 @@ def _has_validation_data(
     else:
         return is_overridden("val_dataloader", model)
     return not (isinstance(loaders, (list, tuple)) and len(loaders) == 0)
+
+
+class _RankSeed(Callback):
+    """Once the processes exist, give each rank its own random stream: ``seed + global_rank``.
+
+    So mixup draws, dropout masks and in-process augmentation differ between
+    ranks. Not ``seed_everything``: ``PL_GLOBAL_SEED`` seeds the
+    ``DistributedSampler`` and must stay equal on all ranks.
+    """
+
+    def __init__(self, seed: int) -> None:
+        self.seed = seed
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.world_size > 1:
+            seed = self.seed + trainer.global_rank
+            random.seed(seed)
+            np.random.seed(seed % 2**32)
+            torch.manual_seed(seed)
 
 
 def _has(callbacks: Iterable[Callback], kind: type) -> bool:

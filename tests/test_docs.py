@@ -19,6 +19,7 @@ def _python_blocks(page: str, first: int | None = None) -> str:
     ("index.md", None, "lightning_logs"),
     ("quickstart.md", None, "lightning_logs"),
     ("guide/training.md", 1, "runs/digits/checkpoints"),
+    ("guide/finetuning.md", None, "runs/probe/checkpoints/last.ckpt"),
     ("guide/prediction.md", None, "runs/digits/checkpoints"),
     ("guide/evaluation.md", None, "runs/digits/eval"),
     ("guide/explain.md", None, "square_gradcam.png"),

@@ -321,11 +321,13 @@ class ImageDataModule(pl.LightningDataModule):
         return balanced_class_weights(class_counts(train.targets, self.num_classes, self._multi_label), len(train))
 
     # ------------------------------------------------------------------ datasets and loaders
-    def dataset(self, split: str) -> ImageDataset:
+    def dataset(self, split: str, augment: bool | None = None) -> ImageDataset:
         """The dataset of a split: training augmentation for ``"train"``, evaluation transform otherwise.
 
         Args:
             split: ``"train"``, ``"val"`` or ``"test"``.
+            augment: Use the training transform (``True``) or the evaluation
+                transform (``False``); ``None`` decides by the split.
 
         Raises:
             ValueError: The split does not exist.
@@ -336,7 +338,8 @@ class ImageDataModule(pl.LightningDataModule):
                 f"`split` {split!r} does not exist; this data has {list(tables)}. Validation and test splits come "
                 "from val/ and test/ folders, val_csv/test_csv, or val_split/test_split > 0."
             )
-        transform = self.train_transform if split == "train" else self.eval_transform
+        augment = split == "train" if augment is None else augment
+        transform = self.train_transform if augment else self.eval_transform
         return ImageDataset(tables[split], len(self._class_names), transform, self.in_chans, self._multi_label)
 
     def _num_workers(self) -> int:
@@ -365,6 +368,17 @@ class ImageDataModule(pl.LightningDataModule):
             generator=torch.Generator().manual_seed(self.seed),
         )
         return self._loader(dataset, sampler=sampler, drop_last=drop_last)
+
+    def eval_dataloader(self, split: str) -> DataLoader:
+        """Batches of any split with the evaluation transform, in a fixed order (e.g. to compute features).
+
+        Args:
+            split: ``"train"``, ``"val"`` or ``"test"``.
+
+        Raises:
+            ValueError: The split does not exist.
+        """
+        return self._loader(self.dataset(split, augment=False))
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches in a fixed order; an empty list when there is no validation split."""
