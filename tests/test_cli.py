@@ -17,6 +17,7 @@ import pytest
 import yaml
 from PIL import Image
 
+from autotimm import ImageClassifier
 from autotimm.cli import COMMANDS, main
 from autotimm.cli.options import normalize_argv, one_line
 
@@ -159,6 +160,20 @@ def test_train_without_validation_split(run, workdir):
     assert "no validation split: the best checkpoint is chosen by train/loss" in out
     assert "train/loss" in out and "Evaluate on the held-out test split" not in out
     assert (out_dir / "checkpoints" / "last.ckpt").is_file()
+
+
+def test_train_passes_fine_tuning_options_to_the_model(run, workdir):
+    out_dir = workdir / "finetune"
+    args = ["train", "--config", str(run["out_dir"] / "config.yaml"), "--output-dir", str(out_dir)]
+    args += ["--layer-decay", "0.8", "--ema-decay", "0.9", "--channels-last"]
+    args += ["--unfreeze-schedule", '{"0": 0, "1": "all"}', "--backbone", "test_resnet"]
+    code, _, err = _run(args)
+    assert code == 0, err
+    hparams = ImageClassifier.load(out_dir / "checkpoints" / "last.ckpt").hparams
+    assert (hparams.layer_decay, hparams.ema_decay, hparams.channels_last) == (0.8, 0.9, True)
+    assert hparams.unfreeze_schedule == {0: 0, 1: "all"}
+    code, line = _error(["train", "--data", run["data"], "--cache-features"])
+    assert code == 1 and "needs `freeze_backbone=True`" in line
 
 
 def test_data_source_kinds(workdir, tmp_path):

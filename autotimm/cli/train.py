@@ -59,6 +59,15 @@ class TrainConfig:
         warmup_epochs: Epochs of linear learning-rate warm-up before the schedule (>= 0).
         label_smoothing: Label smoothing of the loss, in [0, 1).
         freeze_backbone: Train only the head (a linear probe on the backbone's features).
+        cache_features: With --freeze_backbone: compute the backbone's features once and train the head on them.
+        layer_decay: Layer-wise learning-rate decay in (0, 1]: each backbone layer learns at this fraction of the
+            rate of the layer above it; null for one rate.
+        unfreeze_schedule: Progressive unfreezing as JSON, {epoch: stages}: from each epoch on, that many backbone
+            stages (from the top) or "all" train; before the first epoch listed only the head does. Example:
+            '{"0": 0, "2": 1, "4": "all"}'.
+        ema_decay: Validate and save an exponential moving average of the weights with this decay in (0, 1), e.g.
+            0.999; null for none.
+        channels_last: Channels-last memory format (faster convolutions on recent CPUs and GPUs).
         precision: Lightning precision: 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true or 64-true.
         accelerator: Lightning accelerator: auto, cpu, gpu, cuda, mps, ...
         devices: Lightning devices: auto, a count (1) or a list of indices ("0,1").
@@ -88,6 +97,11 @@ class TrainConfig:
     warmup_epochs: int = field(default=0, metadata=number(0))
     label_smoothing: float = field(default=0.0, metadata=number(0, 1))
     freeze_backbone: bool = False
+    cache_features: bool = False
+    layer_decay: float | None = None
+    unfreeze_schedule: dict[str, int | str] | None = None
+    ema_decay: float | None = None
+    channels_last: bool = False
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: str = "auto"
@@ -275,6 +289,11 @@ def run(config: TrainConfig) -> int:
             scheduler_kwargs={"warmup_epochs": config.warmup_epochs} if config.warmup_epochs else None,
             label_smoothing=config.label_smoothing,
             freeze_backbone=config.freeze_backbone,
+            cache_features=config.cache_features,
+            layer_decay=config.layer_decay,
+            unfreeze_schedule=config.unfreeze_schedule,
+            ema_decay=config.ema_decay,
+            channels_last=config.channels_last,
         )
     except PretrainedWeightsUnavailableError as err:
         raise PretrainedWeightsUnavailableError(
