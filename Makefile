@@ -33,6 +33,8 @@ test: lint docs
 benchmark: $(STAMP)
 	$(BIN)/python benchmarks/bench_norms.py
 	$(BIN)/python benchmarks/inference.py
+	$(BIN)/python benchmarks/training.py
+	$(BIN)/python benchmarks/linear_probe.py
 
 clean:
 	rm -rf $(VENV) site build *.egg-info lightning_logs

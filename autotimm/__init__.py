@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from autotimm._lazy import lazy_exports
 
 if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load lazily
+    from autotimm.auto import AutoFitResult, EnsembleClassifier, auto_fit
     from autotimm.backbone import BackboneConfig, PretrainedWeightsUnavailableError, create_backbone, list_backbones
     from autotimm.calibration import CalibrationResult
     from autotimm.classifier import ImageClassifier
@@ -39,6 +40,7 @@ if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load 
 __version__ = "0.1.0"
 
 _EXPORTS: dict[str, list[str]] = {
+    "autotimm.auto": ["AutoFitResult", "EnsembleClassifier", "auto_fit"],
     "autotimm.backbone": ["BackboneConfig", "PretrainedWeightsUnavailableError", "create_backbone", "list_backbones"],
     "autotimm.calibration": ["CalibrationResult"],
     "autotimm.classifier": ["ImageClassifier"],
@@ -71,10 +73,12 @@ __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
 
 __all__ = [
     "EMA",
+    "AutoFitResult",
     "AutoTrainer",
     "BackboneConfig",
     "CalibrationResult",
     "ClassificationHead",
+    "EnsembleClassifier",
     "EvaluationReport",
     "Explanation",
     "ExportParityError",
@@ -93,6 +97,7 @@ __all__ = [
     "TunerConfig",
     "UnfreezeSchedule",
     "__version__",
+    "auto_fit",
     "backbone_stages",
     "create_app",
     "create_backbone",

@@ -223,10 +223,6 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
         # Cached backbone features (cache_features=True, see FeatureDataModule) arrive as (N, num_features).
         return self.head(x) if x.ndim == 2 and self.hparams.cache_features else self(x)
 
-    def _logits(self, x: torch.Tensor) -> torch.Tensor:
-        # Cached backbone features (cache_features=True, see FeatureDataModule) arrive as (N, num_features).
-        return self.head(x) if x.ndim == 2 and self.hparams.cache_features else self(x)
-
     # ------------------------------------------------------------------ steps
     def _make_criterion(self) -> nn.Module:
         """The training loss. Validation and test losses are unweighted, unsmoothed (as in timm's train.py)."""

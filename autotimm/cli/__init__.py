@@ -1,4 +1,4 @@
-"""The ``autotimm`` command line: ``train``, ``evaluate``, ``predict``, ``export``, ``models`` and ``serve``.
+"""The ``autotimm`` command line: ``train``, ``auto``, ``evaluate``, ``predict``, ``export``, ``models`` and ``serve``.
 
 Built on jsonargparse rather than Lightning's ``LightningCLI``: LightningCLI
 fits one model class plus one data class with nested ``--model.*``,
@@ -36,7 +36,7 @@ from autotimm.cli.options import (
 __all__ = ["COMMANDS", "build_parser", "main"]
 
 #: The subcommands, in the order ``autotimm --help`` lists them; each is the module ``autotimm.cli.<name>``.
-COMMANDS = ("train", "evaluate", "predict", "export", "models", "serve")
+COMMANDS = ("train", "auto", "evaluate", "predict", "export", "models", "serve")
 
 _DESCRIPTION = """\
 Train, evaluate and ship image classifiers on any timm backbone.
@@ -48,6 +48,7 @@ _EPILOG = """\
 examples:
   autotimm models resnet
   autotimm train --data data/pets --backbone resnet18 --epochs 10 --output-dir runs/pets
+  autotimm auto --data data/pets --time-limit 30m --output-dir runs/pets-auto
   autotimm evaluate runs/pets/checkpoints/last.ckpt data/pets
   autotimm predict runs/pets/checkpoints/last.ckpt photos/ --top-k 3
   autotimm export runs/pets/checkpoints/last.ckpt --output pets.onnx

@@ -1,0 +1,185 @@
+"""The data side of the search: resolve ``data``, derive per-trial data modules, subsets and train+val.
+
+Every trial trains on a copy of the user's data module that differs only in
+what the trial changes (augmentation, batch size, a subset of the images);
+the copies share the decoded sample tables, so nothing is read twice. All
+copies keep one preprocessing (input size, crop, normalisation) whatever the
+backbone, so that every trial's model takes the same inputs.
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from autotimm.auto.presets import SMALL_IMAGE_MAX
+from autotimm.data.datamodule import ImageDataModule
+from autotimm.data.sources import SampleTable
+from autotimm.data.splits import stratified_split
+from autotimm.data.transforms import make_data_config
+
+__all__ = [
+    "TrialDataModule",
+    "merge_tables",
+    "native_image_shape",
+    "preprocessing_overlay",
+    "resolve_data",
+    "subset_table",
+]
+
+
+def resolve_data(data: Any, output_dir: Path, seed: int, dataset_root: str | None = None) -> ImageDataModule:
+    """Turn ``data`` into a set-up ``ImageDataModule`` with a validation split.
+
+    Args:
+        data: An ``ImageDataModule``, a class folder, a CSV file or a built-in dataset name.
+        output_dir: Where a data module built here writes its split file.
+        seed: Seed of the split of a data module built here.
+        dataset_root: Cache of built-in datasets.
+
+    Raises:
+        TypeError: ``data`` of another type.
+        FileNotFoundError: A path that does not exist and is no built-in dataset name.
+        ValueError: Data without a validation split, or multi-label data.
+    """
+    if isinstance(data, (str, os.PathLike)):
+        from autotimm.cli.common import data_source
+
+        source = data_source(os.fspath(data), "`data`")
+        data = ImageDataModule(**source, dataset_root=dataset_root, seed=seed, output_dir=output_dir)
+    if not isinstance(data, ImageDataModule):
+        raise TypeError(
+            "`data` must be an ImageDataModule, a class folder, a CSV file or a built-in dataset name; "
+            f"got {type(data).__name__}"
+        )
+    data.setup("fit")
+    if "val" not in data.splits:
+        raise ValueError(
+            "`data` has no validation split, which the search ranks trials on: give the ImageDataModule "
+            "val_split > 0 (e.g. 0.2) or a val/ folder"
+        )
+    if data.multi_label:
+        raise ValueError("auto_fit supports single-label data only; `data` is multi-label")
+    return data
+
+
+def native_image_shape(table: SampleTable, samples: int = 16) -> tuple[int, int]:
+    """``(longer side in pixels, channels)`` of a split's images: the median over a few, 1 for grayscale.
+
+    Args:
+        table: The split.
+        samples: Files to look at (only their headers are read).
+    """
+    if table.array is not None:
+        shape = table.array.shape
+        channels = 1 if len(shape) == 3 or shape[-1] == 1 else 3
+        return int(max(shape[1], shape[2])), channels
+    picks = np.linspace(0, len(table) - 1, num=min(samples, len(table))).astype(int)
+    sides, gray = [], 0
+    for index in picks:
+        with Image.open(table.path(int(index))) as image:
+            sides.append(max(image.size))
+            gray += image.mode in ("1", "L", "LA", "I", "I;16", "F")
+    return int(statistics.median(sides)), 1 if gray == len(picks) else 3
+
+
+def subset_table(table: SampleTable, count: int, seed: int) -> SampleTable:
+    """A stratified random subset of about ``count`` samples (the whole table if it is no larger)."""
+    if count >= len(table):
+        return table
+    parts = stratified_split(list(table.targets), {"subset": count / len(table)}, seed)
+    return table.subset(parts["subset"])
+
+
+def merge_tables(first: SampleTable, second: SampleTable) -> SampleTable:
+    """One table with the samples of both (e.g. train and val, for the final training).
+
+    Raises:
+        ValueError: One table holds files and the other arrays.
+    """
+    if (first.array is None) != (second.array is None):
+        raise ValueError("cannot merge a split of files with a split of arrays")
+    targets = list(first.targets) + list(second.targets)
+    if first.array is not None:
+        if first.array is second.array:
+            return SampleTable(list(first.items) + list(second.items), targets, array=first.array)
+        rows = [first.array[np.asarray(first.items, dtype=np.int64)], second.array[np.asarray(second.items)]]
+        return SampleTable(list(range(len(targets))), targets, array=np.concatenate(rows))
+    if first.root == second.root:
+        return SampleTable(list(first.items) + list(second.items), targets, root=first.root)
+    paths = [str(first.path(i)) for i in range(len(first))] + [str(second.path(i)) for i in range(len(second))]
+    return SampleTable(paths, targets, root=Path("/"))  # absolute paths: root / path is the path
+
+
+class TrialDataModule(ImageDataModule):
+    """A copy of an ``ImageDataModule`` for one trial, with one preprocessing for every backbone.
+
+    Build it with [`derive`][autotimm.auto.data.TrialDataModule.derive].
+    `configure_for` takes the input channels from the backbone as usual, but
+    the input size, crop, interpolation (and, for models trained from scratch,
+    mean and std) come from ``overlay``.
+    """
+
+    overlay: dict[str, Any]
+
+    @classmethod
+    def derive(
+        cls,
+        base: ImageDataModule,
+        overlay: dict[str, Any],
+        *,
+        augmentation: str | None = None,
+        batch_size: int | None = None,
+        tables: dict[str, SampleTable] | None = None,
+    ) -> TrialDataModule:
+        """Copy a set-up data module, changing what a trial changes.
+
+        Args:
+            base: The set-up data module.
+            overlay: ``data_config`` keys fixed for every backbone (``input_size`` sets the image size).
+            augmentation: A preset name; ``None`` keeps the base's augmentation or custom transform.
+            batch_size: ``None`` keeps the base's.
+            tables: Replacement splits (subsets, or train+val); ``None`` keeps the base's.
+        """
+        new = cls.__new__(cls)
+        new.__dict__.update(base.__dict__)
+        new.trainer = None
+        new.output_dir = None  # the base wrote the split file; copies never rewrite it
+        new.overlay = dict(overlay)
+        new.image_size = tuple(int(v) for v in overlay["input_size"][1:])
+        if augmentation is not None:
+            new.augmentation, new._train_transform = augmentation, None
+        if batch_size is not None:
+            new.batch_size = batch_size
+        if tables is not None:
+            new._tables = dict(tables)
+        new.in_chans = int(overlay["input_size"][0])
+        new._data_config = {**make_data_config(None, new.in_chans, new.image_size), **new.overlay}
+        return new
+
+    def configure_for(self, backbone: Any) -> TrialDataModule:
+        """Take the channels (and, unless fixed, mean and std) from ``backbone``; the rest from the overlay."""
+        super().configure_for(backbone)
+        self._data_config = {**self.data_config, **self.overlay}
+        self._data_config["input_size"] = [self.in_chans, *self.overlay["input_size"][1:]]
+        return self
+
+
+def preprocessing_overlay(in_chans: int, image_size: tuple[int, int], pretrained: bool) -> dict[str, Any]:
+    """The ``data_config`` keys every trial shares.
+
+    Small images are used whole (``crop_pct`` 1); larger ones get timm's
+    default center crop. Models trained from scratch all use timm's default
+    mean and std; pretrained ones keep their own.
+    """
+    config = make_data_config(None, in_chans, image_size)
+    keys = ["input_size", "interpolation", "crop_pct", "crop_mode"] + ([] if pretrained else ["mean", "std"])
+    overlay = {key: config[key] for key in keys}
+    if max(image_size) <= SMALL_IMAGE_MAX:
+        overlay["crop_pct"] = 1.0
+    return overlay

@@ -1,0 +1,258 @@
+"""The end of ``auto_fit``: the final training, the ensemble, ``best.ckpt``, ``trials.csv`` and ``summary.json``."""
+
+from __future__ import annotations
+
+import math
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from autotimm.auto.data import TrialDataModule, merge_tables, subset_table
+from autotimm.auto.distributed import barrier, broadcast, is_rank_zero, on_rank_zero
+from autotimm.auto.results import AutoFitResult
+from autotimm.auto.trials import TrialSpec, run_training
+
+__all__ = ["FINAL_SAFETY", "PROBE_STEPS", "finish", "keep_top_checkpoints", "ranked"]
+
+#: Training steps of the probe that calibrates the time model when no trial ran.
+PROBE_STEPS = 16
+#: The final training plans its epochs to fill this share of the time left (estimates can be off).
+FINAL_SAFETY = 0.85
+_CONFIG_KEYS = ("backbone", "lr", "weight_decay", "label_smoothing", "mixup_alpha", "augmentation")
+
+
+def _epochs(count: int) -> str:
+    return f"{count} epoch{'' if count == 1 else 's'}"
+
+
+def ranked(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    """The completed trials with a score, best first."""
+    scored = [r for r in rows if r["state"] == "complete" and r.get("score") is not None and math.isfinite(r["score"])]
+    return sorted(scored, key=lambda r: r["score"], reverse=mode == "max")
+
+
+def keep_top_checkpoints(rows: list[dict[str, Any]], mode: str, keep: int) -> None:
+    """Delete the checkpoints of every trial outside the best ``keep`` (they are never used)."""
+    keepers = {r["number"] for r in ranked(rows, mode)[:keep]}
+    for row in rows:
+        if row["number"] not in keepers and row.get("checkpoint"):
+            Path(row["checkpoint"]).unlink(missing_ok=True)
+            row["checkpoint"] = None
+
+
+def _no_trial_error(state: Any, rows: list[dict[str, Any]]) -> RuntimeError:
+    if not rows:
+        times = {n: c["epoch_seconds"] for n, c in state.details["candidates"].items() if "epoch_seconds" in c}
+        fastest = min(times.items(), key=lambda item: item[1], default=None)
+        need = f"; the fastest candidate, {fastest[0]}, needs ~{fastest[1]:.0f}s per epoch" if fastest else ""
+        return RuntimeError(
+            f"auto_fit: no trial fitted into time_limit={state.limit:g}s{need}. Give a larger time_limit, or "
+            "faster candidates (`backbones`), a smaller `image_size` or fewer images"
+        )
+    errors = [f"trial {r['number']} ({r['backbone']}): {r['note']}" for r in rows if r["state"] == "failed"][:3]
+    detail = "; ".join(errors) or "every trial was pruned or stopped before its first validation"
+    return RuntimeError(f"auto_fit: none of the {len(rows)} trials finished with a validation score: {detail}")
+
+
+def _probe(state: Any, best: dict[str, Any]) -> None:
+    """Time a few real training steps of ``best`` when no trial has calibrated the time model.
+
+    The step measurement alone runs on random tensors and a smaller batch; a
+    short run through the real data pipeline and trainer puts the final
+    training's plan on the machine's real speed.
+    """
+    if state.time_model.ratios:
+        return
+    settings = state.settings
+    images = min(len(state.tables["train"]), PROBE_STEPS * settings.batch_size * state.details["world_size"])
+    tables = {"train": subset_table(state.tables["train"], images, settings.seed)}
+    spec = TrialSpec(-1, *(best[k] for k in _CONFIG_KEYS), max_epochs=1)
+    left = state.start + state.limit - state.reserve - time.monotonic()
+    folder = state.output_dir / "probe"
+    try:
+        outcome = run_training(spec, settings, tables, folder, time.monotonic() + 0.15 * left)
+    except Exception:  # the final training will meet (and report) the same problem
+        return
+    finally:
+        if is_rank_zero():
+            shutil.rmtree(folder, ignore_errors=True)
+    size = len(tables["train"])
+
+    def record() -> dict[str, Any]:
+        state.time_model.observe_batches(best["backbone"], outcome.batch_seconds)
+        return {"images": size, "seconds": round(outcome.seconds, 1), "factor": round(state.time_model.factor, 3)}
+
+    state.details["probe"] = on_rank_zero(record)
+
+
+def _final_training(state: Any, best: dict[str, Any]) -> dict[str, Any]:
+    """Train the best configuration again on all training images (and val with ``refit``), if time allows."""
+    if not state.final_needed:
+        return {"ran": False, "note": "not asked for: the trials trained on every training image"}
+    _probe(state, best)
+    tm, settings = state.time_model, state.settings
+    train, val = state.tables["train"], state.tables["val"]
+    tables = {"train": merge_tables(train, val)} if state.refit else {"train": train, "val": state.search_tables["val"]}
+    sizes = (len(tables["train"]), len(tables["val"]) if "val" in tables else 0)
+    where = "train+val" if state.refit else "train"
+
+    def decide() -> dict[str, Any]:
+        left = state.start + state.limit - state.reserve - state.ensemble_reserve - time.monotonic()
+        validation = tm.epoch_seconds(best["backbone"], 0, sizes[1])  # a validation after a stop in mid-epoch
+        usable = FINAL_SAFETY * left - validation
+        fits = tm.epochs_within(best["backbone"], usable, *sizes)
+        images = sizes[0]
+        if state.fill_final:
+            epochs = min(fits, state.preset.max_final_epochs)
+        else:  # a refit shorter than the best trial would be worse than it: all its epochs or none
+            epochs = max(best["epochs"], 1) if fits >= best["epochs"] else 0
+        minimum = state.preset.min_epochs
+        if best["score"] is None and epochs < minimum:  # the only model: fewer images rather than none
+            per_image = tm.epoch_seconds(best["backbone"], sizes[0], 0) / sizes[0]
+            images = int((usable - tm.overhead) / (minimum * per_image))
+            epochs = minimum if images >= 10 * settings.num_classes else 0
+        return {"epochs": epochs, "left": left - validation, "images": min(images, sizes[0])}
+
+    plan = on_rank_zero(decide)
+    if plan["images"] < sizes[0]:
+        tables["train"] = subset_table(tables["train"], plan["images"], settings.seed)
+        sizes = (len(tables["train"]), sizes[1])
+    epoch = tm.epoch_seconds(best["backbone"], *sizes)
+    if plan["epochs"] < 1:
+        need = 1 if state.fill_final else max(best["epochs"], 1)
+        note = f"skipped: {_epochs(need)} of {best['backbone']} on {sizes[0]} images take ~{need * epoch:.0f}s"
+        note += f", {max(plan['left'], 0):.0f}s were left"
+        if best["score"] is None:
+            raise RuntimeError(
+                f"auto_fit: time_limit={state.limit:g}s is too short for this data: no search fitted "
+                f"({state.details['search_skipped']}), and the final training was {note}"
+            )
+        return {"ran": False, "note": note + "; the best trial's model is used"}
+    spec = TrialSpec(-1, *(best[k] for k in _CONFIG_KEYS), max_epochs=plan["epochs"])
+    folder = state.output_dir / "final"
+    try:
+        outcome = run_training(spec, settings, tables, folder, time.monotonic() + plan["left"])
+    except Exception as err:
+        message = (str(err).strip().splitlines() or [""])[0][:200]
+        if best["score"] is None:
+            raise RuntimeError(f"auto_fit: the final training failed: {type(err).__name__}: {message}") from err
+        return {"ran": True, "used": False, "note": f"failed ({type(err).__name__}: {message}); the best trial is used"}
+    info = {"ran": True, "trained_on": where, "images": sizes[0], "epochs": outcome.epochs}
+    info.update(max_epochs=plan["epochs"], seconds=round(outcome.seconds, 1), score=outcome.score)
+    alone = best["score"] is None  # no search: the final training is the only model
+    if "val" in tables:
+        better = outcome.score is not None and (
+            alone or (outcome.score >= best["score"] if settings.mode == "max" else outcome.score <= best["score"])
+        )
+        info["used"] = better
+        verdict = "used" if better else f"not used: the best trial's {best['score']:.4f} is better"
+        shown = "n/a" if outcome.score is None else f"{outcome.score:.4f}"
+        info["note"] = f"{_epochs(outcome.epochs)} on {sizes[0]} {where} images, val {shown}: {verdict}"
+    else:
+        info["used"] = alone or outcome.completed >= 0.9
+        verdict = "used" if info["used"] else "not used: cut by the time limit before 90% of its steps"
+        if alone and outcome.completed < 0.9:
+            verdict = f"used, though cut by the time limit after {outcome.completed:.0%} of its steps"
+        info["note"] = f"{_epochs(outcome.epochs)} on {sizes[0]} {where} images: {verdict}"
+    info["checkpoint"] = outcome.checkpoint
+    return info
+
+
+def _ensemble_score(state: Any, ensemble: Any) -> float:
+    from autotimm.calibration import negative_log_likelihood
+    from autotimm.evaluation import classification_metrics
+    from autotimm.labelled_data import resolve_labelled_data
+
+    tables = {"train": state.tables["train"], "val": state.search_tables["val"]}
+    data = TrialDataModule.derive(state.data, state.settings.overlay, tables=tables)
+    sources, labels = resolve_labelled_data(data, ensemble.class_names, split="val")
+    logits = np.asarray(ensemble.predict_logits(sources, batch_size=state.settings.batch_size, progress=False)[0])
+    metric = state.settings.monitor.split("/", 1)[1]
+    if metric == "loss":
+        return float(negative_log_likelihood(logits.astype(np.float64), labels))
+    numbers = classification_metrics(logits, labels, top_k=5)
+    return float(numbers["top_k_accuracy"] if metric == "top5_accuracy" else numbers[metric])
+
+
+def _ensemble(state: Any, scored: list[dict[str, Any]], model: Any, final: dict[str, Any]) -> tuple[Any, dict]:
+    from autotimm.auto.ensemble import EnsembleClassifier
+    from autotimm.classifier import ImageClassifier
+
+    if state.ensemble < 2:
+        return model, {"members": []}
+    top = scored[: state.ensemble]
+    if len(top) < 2:
+        return model, {"members": [], "note": f"only {len(top)} trial finished: no ensemble"}
+    members = [model] + [ImageClassifier.load(row["checkpoint"]) for row in top[1:]]
+    ensemble = EnsembleClassifier(members, data_config=model.data_config)
+    info: dict[str, Any] = {"members": [row["number"] for row in top], "score": None}
+    if final.get("used") and final.get("trained_on") == "train+val":
+        info["note"] = "no validation score: the refit member trained on the validation images"
+    else:
+        info["score"] = on_rank_zero(lambda: _ensemble_score(state, ensemble))
+    if len(top) < state.ensemble:
+        info["note"] = f"only {len(top)} trials finished, fewer than ensemble={state.ensemble}"
+    folder = state.output_dir / "ensemble"
+    if is_rank_zero():
+        ensemble.save(folder)
+    info["folder"] = str(folder)
+    return ensemble, info
+
+
+def finish(state: Any, rows: list[dict[str, Any]], verbose: bool) -> AutoFitResult:
+    """Final training, model files, ensemble, tables and summary; returns the result (on every rank)."""
+    from autotimm.auto.planning import default_config
+    from autotimm.classifier import ImageClassifier
+
+    scored = ranked(rows, state.settings.mode)
+    if scored:
+        best = scored[0]
+    elif state.details.get("search_skipped"):  # the preset's default configuration, trained once on everything
+        best = {**default_config(state, state.details["default_backbone"]), "number": None, "epochs": 0}
+        best.setdefault("augmentation", None)
+        best["score"] = None
+    else:
+        raise _no_trial_error(state, rows)
+    final = broadcast(_final_training(state, best))  # rank 0's timings on every rank
+    barrier()
+    model = ImageClassifier.load(final["checkpoint"] if final.get("used") else best["checkpoint"])
+    checkpoint = state.output_dir / "best.ckpt"
+    if is_rank_zero():
+        model.save(checkpoint)
+    if final.get("used") and final.get("score") is not None:
+        score, source = final["score"], "final training (validation images)"
+    elif best["number"] is None:
+        score, source = None, "none: the only model trained on train+val"
+    else:
+        score, source = best["score"], f"trial {best['number']}"
+        if final.get("used"):
+            source += " (the returned model was retrained on train+val and has no held-out score)"
+    result_model, ensemble_info = _ensemble(state, scored, model, final)
+    barrier()
+    config = {key: best[key] for key in _CONFIG_KEYS}
+    epochs = final.get("epochs", 0) if best["number"] is None else best["epochs"]
+    config.update(epochs=epochs, image_size=state.details["image_size"], batch_size=state.settings.batch_size)
+    details = {k: v for k, v in state.details.items() if not k.startswith("_")}
+    details.update(best_trial=best["number"], score_source=source, final=final, ensemble=ensemble_info)
+    details["search_time_used"] = round(sum(r["seconds"] for r in rows), 1)
+    result = AutoFitResult(
+        model=result_model,
+        best_config=config,
+        best_score=score,
+        metric=state.settings.monitor.split("/", 1)[1],
+        trials=rows,
+        time_used=time.monotonic() - state.start,
+        time_limit=state.limit,
+        checkpoint=checkpoint,
+        output_dir=state.output_dir,
+        ensemble_dir=Path(ensemble_info["folder"]) if ensemble_info.get("folder") else None,
+        details=details,
+    )
+    if is_rank_zero():
+        result.write()
+        if verbose:
+            result.print()
+    return result
