@@ -191,7 +191,9 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
         self.class_names: list[str] = class_names or [str(i) for i in range(num_classes)]
 
         self.backbone = create_backbone(backbone_cfg)
-        self.head = ClassificationHead(self.backbone.num_features, num_classes, dropout=head_dropout)
+        # Headless MobileNetV3/LCNet/GhostNet keep a conv head: their pooled output is head_hidden_size wide.
+        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        self.head = ClassificationHead(width, num_classes, dropout=head_dropout)
         self.criterion = self._make_criterion()
         self.metrics = MetricManager(metric_configs, num_classes, multi_label)  # fresh, never shared
         if self.logging_config.log_confusion_matrix:

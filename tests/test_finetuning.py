@@ -307,3 +307,9 @@ def test_weight_decay_follows_shapes_recorded_before_fsdp_flattens_parameters():
     assert decay[id(model.backbone.layer4[0].conv1.weight)] == 0.05
     assert decay[id(model.head.fc.weight)] == 0.05
     assert decay[id(model.head.fc.bias)] == 0.0
+
+
+@pytest.mark.parametrize("name", ["lcnet_050", "mobilenetv3_small_050"])
+def test_head_matches_backbones_that_keep_a_conv_head(name):
+    model = ImageClassifier(BackboneConfig(name, pretrained=False), num_classes=3, scheduler=None).eval()
+    assert model(torch.zeros(2, 3, 32, 32)).shape == (2, 3)

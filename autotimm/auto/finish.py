@@ -64,7 +64,7 @@ def _probe(state: Any, best: dict[str, Any]) -> None:
     short run through the real data pipeline and trainer puts the final
     training's plan on the machine's real speed.
     """
-    if state.time_model.ratios:
+    if on_rank_zero(lambda: bool(state.time_model.ratios)):  # rank 0's model: the others never observe
         return
     settings = state.settings
     images = min(len(state.tables["train"]), PROBE_STEPS * settings.batch_size * state.details["world_size"])
