@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -110,20 +109,6 @@ def _trainer_kwargs(config: AutoConfig) -> dict[str, Any]:
     return kwargs
 
 
-def _write_config(config: AutoConfig, folder: Path) -> Path:
-    import yaml
-
-    folder.mkdir(parents=True, exist_ok=True)
-    values = dataclasses.asdict(config)
-    for name in ("data", "output_dir", "dataset_root"):  # absolute, so that the file repeats the run from anywhere
-        value = values.get(name)
-        if isinstance(value, str) and (name != "data" or Path(value).exists()):
-            values[name] = str(Path(value).resolve())
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
-    return path
-
-
 def run(config: AutoConfig) -> int:
     """Run ``auto_fit`` as ``config`` says and print the trial table and the summary.
 
@@ -140,7 +125,7 @@ def run(config: AutoConfig) -> int:
         ImportError: Optuna is not installed.
     """
     from autotimm.auto.presets import get_preset, parse_time_limit
-    from autotimm.cli.common import data_source
+    from autotimm.cli.common import data_source, write_config
 
     try:
         limit = parse_time_limit(config.time_limit, "--time-limit")
@@ -171,7 +156,7 @@ def run(config: AutoConfig) -> int:
         seed=config.seed,
         output_dir=output_dir,
     )
-    _write_config(config, output_dir)
+    write_config(config, output_dir)
     result = auto_fit(
         datamodule,
         time_limit=limit,

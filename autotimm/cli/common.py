@@ -14,6 +14,7 @@ __all__ = [
     "labelled_datamodule",
     "load_predictor",
     "require_file",
+    "write_config",
 ]
 
 #: File kinds ``evaluate`` and ``predict`` load: Lightning checkpoints and exported ONNX models.
@@ -143,3 +144,24 @@ def load_predictor(path: str, device: str = "auto") -> Any:
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
     return ImageClassifier.load(os.fspath(file), map_location=device)
+
+
+def write_config(config: Any, folder: Path) -> Path:
+    """Write a subcommand's options dataclass to ``folder/config.yaml``; ``--config`` repeats the run from it.
+
+    ``data`` (when it exists on disk), ``output_dir`` and ``dataset_root`` are
+    made absolute, so that the file repeats the run from any working directory.
+    """
+    import dataclasses
+
+    import yaml
+
+    folder.mkdir(parents=True, exist_ok=True)
+    values = dataclasses.asdict(config)
+    for name in ("data", "output_dir", "dataset_root"):
+        value = values.get(name)
+        if isinstance(value, str) and (name != "data" or Path(value).exists()):
+            values[name] = str(Path(value).resolve())
+    path = folder / "config.yaml"
+    path.write_text(yaml.safe_dump(values, sort_keys=False))
+    return path

@@ -167,21 +167,6 @@ def _devices(value: str) -> Any:
         raise UsageError(f"--devices must be auto, a count (1) or a list of indices (0,1), got {value!r}") from None
 
 
-def _write_config(config: TrainConfig, folder: Path) -> Path:
-    import yaml
-
-    folder.mkdir(parents=True, exist_ok=True)
-    path = folder / "config.yaml"
-    values = dataclasses.asdict(config)
-    # Paths made absolute, so that the file repeats the run from any working directory.
-    for name in ("data", "output_dir", "dataset_root"):
-        value = values.get(name)
-        if isinstance(value, str) and (name != "data" or Path(value).exists()):
-            values[name] = str(Path(value).resolve())
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
-    return path
-
-
 def _evaluate_command(config: TrainConfig, best: str, splits: list[str]) -> str | None:
     """The ``autotimm evaluate`` command line for the held-out test split, with this run's split options."""
     if "test" not in splits:
@@ -238,7 +223,7 @@ def run(config: TrainConfig) -> int:
             message lists the accepted names), or unusable data.
         FileNotFoundError: Missing data.
     """
-    from autotimm.cli.common import data_source
+    from autotimm.cli.common import data_source, write_config
 
     source = data_source(config.data)
     _check_names(config)
@@ -301,7 +286,7 @@ def run(config: TrainConfig) -> int:
             "they are not in its local cache (HF_HOME). Drop --pretrained to start from random weights, or fill "
             "the cache on a machine with internet access."
         ) from err
-    config_file = _write_config(config, output_dir)
+    config_file = write_config(config, output_dir)
     trainer.fit(model, datamodule=datamodule)
 
     best = trainer.checkpoint_callback.best_model_path if trainer.checkpoint_callback else ""
