@@ -15,7 +15,7 @@ from typing import Any
 import torch
 from pytorch_lightning.callbacks import WeightAveraging
 
-__all__ = ["EMA", "ema_decay_at"]
+__all__ = ["EMA", "check_ema_decay", "ema_decay_at"]
 
 
 def ema_decay_at(decay: float, updates: int, warmup: bool = True) -> float:
@@ -29,6 +29,16 @@ def ema_decay_at(decay: float, updates: int, warmup: bool = True) -> float:
         (0.1, 0.999)
     """
     return min(decay, (1 + updates) / (10 + updates)) if warmup else decay
+
+
+def check_ema_decay(decay: Any) -> None:
+    """Raise unless ``decay`` is a number in ``(0, 1)``.
+
+    Raises:
+        ValueError: Naming ``ema_decay``, the value and the accepted range.
+    """
+    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
+        raise ValueError(f"`ema_decay` must be a number in (0, 1), e.g. 0.999, or None for no EMA, got {decay!r}")
 
 
 class EMA(WeightAveraging):
@@ -51,8 +61,7 @@ class EMA(WeightAveraging):
     """
 
     def __init__(self, decay: float = 0.999, warmup: bool = True) -> None:
-        if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
-            raise ValueError(f"`ema_decay` must be a number in (0, 1), e.g. 0.999, got {decay!r}")
+        check_ema_decay(decay)
         self.decay = float(decay)
         self.warmup = warmup
 

@@ -27,7 +27,7 @@ from timm.models import group_parameters
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
-from autotimm.ema import EMA
+from autotimm.ema import EMA, check_ema_decay
 from autotimm.feature_cache import FeatureDataModule
 
 __all__ = [
@@ -300,10 +300,8 @@ def check_finetuning_arguments(
         isinstance(layer_decay, bool) or not isinstance(layer_decay, (int, float)) or not 0 < layer_decay <= 1
     ):
         raise ValueError(f"`layer_decay` must be a number in (0, 1] (e.g. 0.75) or None, got {layer_decay!r}")
-    if ema_decay is not None and (
-        isinstance(ema_decay, bool) or not isinstance(ema_decay, (int, float)) or not 0 < ema_decay < 1
-    ):
-        raise ValueError(f"`ema_decay` must be a number in (0, 1) (e.g. 0.999) or None, got {ema_decay!r}")
+    if ema_decay is not None:
+        check_ema_decay(ema_decay)
     for name, value in (("cache_features", cache_features), ("channels_last", channels_last)):
         if not isinstance(value, bool):
             raise ValueError(f"`{name}` must be True or False, got {value!r}")
