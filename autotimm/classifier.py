@@ -20,6 +20,7 @@ from autotimm.logging_config import LoggingConfig, confusion_matrix_figure, log_
 from autotimm.metrics import MetricConfig, MetricManager, as_metric_configs
 from autotimm.mixing import mix_batch
 from autotimm.optimizers import OptimizerSpec, create_optimizer
+from autotimm.preprocess import check_tta
 from autotimm.schedulers import LinearWarmup, SchedulerSpec, create_scheduler, step_scheduler
 from autotimm.validation import check_class_names, check_class_weights, check_classifier_arguments, plain_data
 
@@ -80,6 +81,10 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
             head on them (see [`FeatureDataModule`][autotimm.FeatureDataModule]).
         channels_last: Run convolutions in channels-last memory format (faster
             for CNNs on recent CPUs and GPUs).
+        tta: The default test-time augmentation of ``predict``, ``predict_logits``
+            and ``evaluate`` (one of [`TTA_MODES`][autotimm.preprocess.TTA_MODES];
+            ``True`` is ``"flip"``). Saved with the model and in exported files;
+            ``auto_fit`` sets ``"flip"`` when it raises the validation score.
 
     Raises:
         ValueError: For any argument out of range or an unknown name; the
@@ -123,6 +128,7 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
         ema_decay: float | None = None,
         cache_features: bool = False,
         channels_last: bool = False,
+        tta: bool | str = False,
     ) -> None:
         super().__init__()
         check_classifier_arguments(
@@ -143,6 +149,7 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
             cutmix_alpha,
         )  # fmt: skip
         class_names = check_class_names(class_names, num_classes)
+        tta = check_tta(tta)
         class_weights = check_class_weights(class_weights, num_classes)
 
         if isinstance(metrics, MetricManager) and metrics.num_classes != num_classes:
@@ -185,6 +192,7 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
                     "ema_decay": ema_decay,
                     "cache_features": cache_features,
                     "channels_last": channels_last,
+                    "tta": tta,
                 }
             )
         )

@@ -260,7 +260,7 @@ def evaluate(
     output_dir: str | Path,
     split: str = "test",
     batch_size: int = 32,
-    tta: bool | str = False,
+    tta: bool | str | None = None,
     top_k: int = 5,
     n_bins: int = 15,
     num_wrong: int = 16,
@@ -290,7 +290,8 @@ def evaluate(
         output_dir: The report folder (created).
         split: The data module split (or sub-folder of a train/val/test tree).
         batch_size: Images per forward pass.
-        tta: Test-time augmentation passed to ``predict_logits`` (``True``, ``"flip"``, ``"crops"``, ...).
+        tta: Test-time augmentation passed to ``predict_logits`` (``True``, ``"flip"``, ``"crops"``, ...);
+            ``None``: the model's ``default_tta`` (``"none"`` unless set, e.g. by ``auto_fit``).
         top_k: ``k`` of the top-k accuracy, capped at the number of classes.
         n_bins: ECE and reliability-diagram bins.
         num_wrong: How many confidently wrong images to draw.
@@ -313,6 +314,8 @@ def evaluate(
         if isinstance(value, bool) or not isinstance(value, int) or value < low:
             raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
     check_single_label(model, "evaluate")
+    if tta is None:
+        tta = getattr(model, "default_tta", "none")
     names = [str(n) for n in model.class_names]
     sources, labels = resolve_labelled_data(data, names, split=split)
     logits, _ = model.predict_logits(sources, batch_size=batch_size, tta=tta, progress=progress)

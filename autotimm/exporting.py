@@ -163,6 +163,7 @@ def _build_metadata(model: ImageClassifier, data_config: dict[str, Any]) -> dict
         "num_classes": len(model.class_names),
         "multi_label": bool(model.hparams.multi_label),
         "temperature": float(model.temperature),
+        "tta": model.default_tta,
         "data_config": dict(data_config),
         "input_name": INPUT_NAME,
         "output_name": OUTPUT_NAME,

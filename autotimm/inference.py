@@ -21,7 +21,7 @@ import torch
 from autotimm.data.transforms import backbone_in_chans, make_data_config
 from autotimm.inputs import collect_inputs
 from autotimm.prediction import Prediction, check_predict_arguments, compute_logits, decode
-from autotimm.preprocess import Preprocessor
+from autotimm.preprocess import Preprocessor, check_tta
 from autotimm.validation import check_class_names, check_class_weights, plain_data
 
 __all__ = ["InferenceMixin"]
@@ -114,11 +114,16 @@ class InferenceMixin:
             config = make_data_config(model.backbone, backbone_in_chans(model.backbone) or 3, size)
         return Preprocessor(config)
 
+    @property
+    def default_tta(self) -> str:
+        """The test-time augmentation ``predict`` uses when given none: the ``tta`` hyper-parameter (``"none"``)."""
+        return check_tta(getattr(self, "hparams", {}).get("tta") or "none")
+
     def predict_logits(
         self,
         inputs: Any,
         batch_size: int = 32,
-        tta: bool | str = False,
+        tta: bool | str | None = None,
         skip_bad_images: bool = False,
         progress: bool | None = None,
     ) -> tuple[np.ndarray, list[str | None]]:
@@ -128,6 +133,7 @@ class InferenceMixin:
             inputs: As for [`predict`][autotimm.ImageClassifier.predict].
             batch_size: Images per forward pass.
             tta: Test-time augmentation; logits are averaged over the views.
+                ``None``: the model's [`default_tta`][autotimm.ImageClassifier.default_tta].
             skip_bad_images: Skip unreadable files with a warning instead of raising.
             progress: Show a progress bar (``None``: for more than a few batches).
 
@@ -136,6 +142,7 @@ class InferenceMixin:
             file path (``None`` for in-memory images), skipped images left out.
         """
         model: Any = self
+        tta = self.default_tta if tta is None else tta
         sources = collect_inputs(inputs)
         parameter = next(model.parameters())
         device, dtype = parameter.device, parameter.dtype  # a bf16/fp16 model gets inputs of its own dtype
@@ -159,7 +166,7 @@ class InferenceMixin:
         inputs: Any,
         top_k: int | None = None,
         batch_size: int = 32,
-        tta: bool | str = False,
+        tta: bool | str | None = None,
         threshold: float = 0.5,
         skip_bad_images: bool = False,
         progress: bool | None = None,
@@ -180,7 +187,8 @@ class InferenceMixin:
             batch_size: Images per forward pass.
             tta: Test-time augmentation: ``True`` or ``"flip"`` averages each
                 image with its mirror; ``"crops"`` over five crops;
-                ``"flip_crops"`` over ten views.
+                ``"flip_crops"`` over ten views. ``None``: the model's
+                [`default_tta`][autotimm.ImageClassifier.default_tta].
             threshold: Multi-label models return the labels whose probability
                 is at least this (at most ``top_k``).
             skip_bad_images: Skip unreadable files with a warning instead of raising.
@@ -195,6 +203,7 @@ class InferenceMixin:
             TypeError: An input of an unsupported type.
         """
         model: Any = self
+        tta = self.default_tta if tta is None else tta
         top_k = check_predict_arguments(
             model.hparams.num_classes, top_k, batch_size, threshold, tta, model.hparams.multi_label
         )

@@ -298,6 +298,11 @@ class OnnxPredictor:
         return float(self._metadata["temperature"])
 
     @property
+    def default_tta(self) -> str:
+        """The test-time augmentation used when ``predict`` is given none: the exported model's (``"none"``)."""
+        return str(self._metadata.get("tta") or "none")
+
+    @property
     def preprocessor(self) -> Preprocessor:
         """The evaluation preprocessing (numpy and Pillow)."""
         return self._preprocessor
@@ -319,9 +324,10 @@ class OnnxPredictor:
         return self.session.run([self._output_name], feed)[0]
 
     def _calibrated_logits(
-        self, inputs: Any, batch_size: int, tta: bool | str, skip_bad_images: bool, progress: bool | None
+        self, inputs: Any, batch_size: int, tta: bool | str | None, skip_bad_images: bool, progress: bool | None
     ) -> tuple[np.ndarray, list[str | None]]:
         """The graph's output (logits / temperature) and the kept sources."""
+        tta = self.default_tta if tta is None else tta
         sources = collect_inputs(inputs)
         logits, kept = compute_logits(
             self._forward, sources, self._preprocessor, batch_size, tta, skip_bad_images, progress
@@ -332,7 +338,7 @@ class OnnxPredictor:
         self,
         inputs: Any,
         batch_size: int = 32,
-        tta: bool | str = False,
+        tta: bool | str | None = None,
         skip_bad_images: bool = False,
         progress: bool | None = None,
     ) -> tuple[np.ndarray, list[str | None]]:
@@ -344,6 +350,7 @@ class OnnxPredictor:
             inputs: As for [`predict`][autotimm.onnx_predictor.OnnxPredictor.predict].
             batch_size: Images per run of the model.
             tta: Test-time augmentation; logits are averaged over the views.
+                ``None``: the exported model's ``default_tta``.
             skip_bad_images: Skip unreadable files with a warning instead of raising.
             progress: Show a progress bar (``None``: for more than a few batches).
 
@@ -359,7 +366,7 @@ class OnnxPredictor:
         inputs: Any,
         top_k: int | None = None,
         batch_size: int = 32,
-        tta: bool | str = False,
+        tta: bool | str | None = None,
         threshold: float = 0.5,
         skip_bad_images: bool = False,
         progress: bool | None = None,
@@ -373,7 +380,8 @@ class OnnxPredictor:
             top_k: Classes per image, most probable first (1 to ``num_classes``;
                 single-label models). ``None``: 5, or every class when there are fewer.
             batch_size: Images per run of the model.
-            tta: Test-time augmentation: ``True`` or ``"flip"``, ``"crops"``, ``"flip_crops"``.
+            tta: Test-time augmentation: ``True`` or ``"flip"``, ``"crops"``, ``"flip_crops"``;
+                ``None``: the exported model's ``default_tta``.
             threshold: Multi-label models return every label whose probability is at least this.
             skip_bad_images: Skip unreadable files with a warning instead of raising.
             progress: Show a progress bar (``None``: for more than a few batches).
@@ -386,6 +394,7 @@ class OnnxPredictor:
             ValueError: A bad argument, an empty folder or an unreadable image.
             TypeError: An input of an unsupported type.
         """
+        tta = self.default_tta if tta is None else tta
         top_k = check_predict_arguments(self.num_classes, top_k, batch_size, threshold, tta, self.multi_label)
         logits, sources = self._calibrated_logits(inputs, batch_size, tta, skip_bad_images, progress)
         return decode(logits, self.class_names, self.multi_label, top_k, threshold, sources)

@@ -20,6 +20,7 @@ from PIL import Image
 
 from autotimm import BackboneConfig, ImageClassifier, ImageDataModule, evaluate
 from autotimm.auto import EnsembleClassifier, OptunaPruning, TimeLimit, auto_fit, list_presets, parse_time_limit
+from autotimm.auto.finish import CALIBRATED_SAFETY, FINAL_SAFETY, final_safety
 from autotimm.auto.presets import PRESETS, choose_batch_size, choose_image_size, get_preset, plan_search
 from autotimm.auto.search import import_optuna
 from autotimm.auto.timing import TimeModel
@@ -61,6 +62,53 @@ def test_sizes_follow_the_images():
     assert fast.candidates(28) == fast.small_image_backbones and fast.candidates(128) == fast.backbones
     assert choose_batch_size(48_000, 28) == 256 and choose_batch_size(48_000, 224) == 64
     assert choose_batch_size(100, 32) == 16
+
+
+def test_small_images_from_scratch_get_the_sgd_recipe():
+    fast = PRESETS["fast"]
+    small = fast.space_for(28)
+    assert small.recipe.optimizer == "sgd" and small.recipe.scheduler == "onecycle" and small.recipe.cpu_bf16
+    assert small.augmentation_choices(28)[0] == "crop_flip" and small.lr[0] <= small.recipe.lr <= small.lr[1]
+    assert fast.space_for(28, pretrained=True) is fast.space and fast.space_for(128) is fast.space
+    assert fast.space.recipe.optimizer == "adamw" and PRESETS["best"].space_for(28) is PRESETS["best"].space
+    kwargs = small.recipe.model_kwargs()
+    model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3, lr=0.2, **kwargs)
+    assert model.hparams.optimizer == "sgd" and model.hparams.optimizer_kwargs == {"nesterov": True}
+
+
+def test_final_training_fills_more_of_the_time_once_calibrated():
+    model = TimeModel({"a": 0.1}, 32, 0.0, 0.0, 0, 1)
+    assert final_safety(model) == FINAL_SAFETY
+    model.ratios = [0.9, 1.0, 1.05]
+    assert final_safety(model) == CALIBRATED_SAFETY > FINAL_SAFETY
+    model.ratios = [0.6, 1.0, 1.05]  # a noisy machine
+    assert final_safety(model) == FINAL_SAFETY
+
+
+@pytest.mark.parametrize(("plain", "flipped", "used"), [(0.80, 0.85, True), (0.85, 0.80, False), (0.8, 0.8, False)])
+def test_flip_tta_is_kept_only_when_it_scores_higher(plain, flipped, used, monkeypatch):
+    import types
+
+    import autotimm.auto.finish as finish
+
+    model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3)
+    monkeypatch.setattr(finish, "_val_score", lambda state, m: flipped if m.default_tta == "flip" else plain)
+    state = types.SimpleNamespace(
+        tta=True,
+        search_tables={"val": list(range(10))},
+        time_model=TimeModel({"test_resnet": 0.01}, 32, 0.0, 0.0, 0, 1),
+        start=time.monotonic(),
+        limit=60.0,
+        reserve=2.0,
+        settings=types.SimpleNamespace(mode="max"),
+    )
+    info = finish._choose_tta(state, model, {"used": True, "trained_on": "train"}, "test_resnet")
+    assert info["used"] is used and (info["plain"], info["flip"]) == (plain, flipped)
+    assert model.default_tta == ("flip" if used else "none")
+    refit = finish._choose_tta(state, model, {"used": True, "trained_on": "train+val"}, "test_resnet")
+    assert not refit["used"] and "trained on the validation images" in refit["note"]
+    state.tta = False
+    assert "not tried" in finish._choose_tta(state, model, {}, "test_resnet")["note"]
 
 
 def test_plan_keeps_the_candidates_that_fit_a_slice():
@@ -295,6 +343,8 @@ def test_digits_search_writes_trials_summary_and_checkpoint(digits_run):
         assert key in summary
     assert summary["time_limit"] == LIMIT and summary["time_used"] <= LIMIT * 1.15 + 5
     assert summary["best_config"]["backbone"] in PRESETS["fast"].small_image_backbones
+    assert summary["best_config"]["optimizer"] == "sgd" and summary["recipe"]["scheduler"] == "onecycle"
+    assert "trained on the validation images" in summary["tta"]["note"]  # refit=True: no held-out images
     assert summary == json.loads(json.dumps(result.summary(), default=str))
     model = ImageClassifier.load(out / "best.ckpt")
     assert model.class_names == [str(i) for i in range(10)] and model.data_config["input_size"] == [1, 32, 32]
@@ -345,7 +395,10 @@ def test_a_search_too_short_is_skipped_and_the_final_training_gets_the_budget(tm
     assert result.trials == [] and "two trials of the fastest candidate" in summary["search_skipped"]
     assert summary["probe"]["images"] > 0 and summary["probe"]["factor"] != 1.0  # the probe measured the speed
     assert summary["final"]["used"] and summary["final"]["trained_on"] == "train"
-    assert result.best_score == summary["final"]["score"] > 0.2
+    tta = summary["tta"]  # flip TTA is kept only when it scores higher on the same validation images
+    assert summary["final"]["score"] > 0.2 and tta["plain"] == pytest.approx(summary["final"]["score"], abs=1e-6)
+    assert result.best_score == (tta["flip"] if tta["used"] else summary["final"]["score"])
+    assert result.model.default_tta == ("flip" if tta["used"] else "none")
     assert result.time_used <= 15 * 1.15 + 5 and (tmp_path / "best.ckpt").is_file()
 
 

@@ -15,13 +15,36 @@ from autotimm.auto.distributed import barrier, broadcast, is_rank_zero, on_rank_
 from autotimm.auto.results import AutoFitResult
 from autotimm.auto.trials import TrialSpec, run_training
 
-__all__ = ["FINAL_SAFETY", "PROBE_STEPS", "finish", "keep_top_checkpoints", "ranked"]
+__all__ = [
+    "CALIBRATED_SAFETY",
+    "FINAL_SAFETY",
+    "PROBE_STEPS",
+    "final_safety",
+    "finish",
+    "keep_top_checkpoints",
+    "ranked",
+]
 
 #: Training steps of the probe that calibrates the time model when no trial ran.
 PROBE_STEPS = 16
 #: The final training plans its epochs to fill this share of the time left (estimates can be off).
 FINAL_SAFETY = 0.85
+#: The share once three or more runs have measured the machine's speed and agree within 20%.
+CALIBRATED_SAFETY = 0.93
 _CONFIG_KEYS = ("backbone", "lr", "weight_decay", "label_smoothing", "mixup_alpha", "augmentation")
+
+
+def final_safety(time_model: Any) -> float:
+    """The share of the time left that the final training plans to fill.
+
+    ``CALIBRATED_SAFETY`` when at least three runs corrected the time model and
+    the last five measured-to-estimated ratios agree within 20% of the median;
+    ``FINAL_SAFETY`` otherwise (a noisy machine, or few runs).
+    """
+    ratios = time_model.ratios[-5:]
+    if len(ratios) >= 3 and (max(ratios) - min(ratios)) <= 0.2 * time_model.factor:
+        return CALIBRATED_SAFETY
+    return FINAL_SAFETY
 
 
 def _epochs(count: int) -> str:
@@ -102,7 +125,8 @@ def _final_training(state: Any, best: dict[str, Any]) -> dict[str, Any]:
     def decide() -> dict[str, Any]:
         left = state.start + state.limit - state.reserve - state.ensemble_reserve - time.monotonic()
         validation = tm.epoch_seconds(best["backbone"], 0, sizes[1])  # a validation after a stop in mid-epoch
-        usable = FINAL_SAFETY * left - validation
+        safety = final_safety(tm)
+        usable = safety * left - validation
         fits = tm.epochs_within(best["backbone"], usable, *sizes)
         images = sizes[0]
         if state.fill_final:
@@ -114,7 +138,7 @@ def _final_training(state: Any, best: dict[str, Any]) -> dict[str, Any]:
             per_image = tm.epoch_seconds(best["backbone"], sizes[0], 0) / sizes[0]
             images = int((usable - tm.overhead) / (minimum * per_image))
             epochs = minimum if images >= 10 * settings.num_classes else 0
-        return {"epochs": epochs, "left": left - validation, "images": min(images, sizes[0])}
+        return {"epochs": epochs, "left": left - validation, "images": min(images, sizes[0]), "safety": safety}
 
     plan = on_rank_zero(decide)
     if plan["images"] < sizes[0]:
@@ -140,7 +164,7 @@ def _final_training(state: Any, best: dict[str, Any]) -> dict[str, Any]:
         if best["score"] is None:
             raise RuntimeError(f"auto_fit: the final training failed: {type(err).__name__}: {message}") from err
         return {"ran": True, "used": False, "note": f"failed ({type(err).__name__}: {message}); the best trial is used"}
-    info = {"ran": True, "trained_on": where, "images": sizes[0], "epochs": outcome.epochs}
+    info = {"ran": True, "trained_on": where, "images": sizes[0], "epochs": outcome.epochs, "safety": plan["safety"]}
     info.update(max_epochs=plan["epochs"], seconds=round(outcome.seconds, 1), score=outcome.score)
     alone = best["score"] is None  # no search: the final training is the only model
     if "val" in tables:
@@ -161,7 +185,32 @@ def _final_training(state: Any, best: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def _ensemble_score(state: Any, ensemble: Any) -> float:
+def _choose_tta(state: Any, model: Any, final: dict[str, Any], backbone: str) -> dict[str, Any]:
+    """Turn flip test-time augmentation on for ``model`` if it raises the validation score (rank 0 decides)."""
+    if not state.tta:
+        return {"used": False, "note": "not tried (tta=False)"}
+    if final.get("used") and final.get("trained_on") == "train+val":
+        return {"used": False, "note": "not tried: the model trained on the validation images"}
+    images = len(state.search_tables["val"])
+    need = 3 * state.time_model.epoch_seconds(backbone, 0, images) if backbone in state.time_model.step_seconds else 0
+    left = state.start + state.limit - state.reserve - time.monotonic()
+    if need > left:
+        return {"used": False, "note": f"not tried: scoring it needs ~{need:.0f}s, {max(left, 0):.0f}s were left"}
+
+    def decide() -> dict[str, Any]:
+        plain = _val_score(state, model)
+        model.hparams.tta = "flip"
+        flipped = _val_score(state, model)
+        better = flipped > plain if state.settings.mode == "max" else flipped < plain
+        verdict = "used" if better else "not used"
+        return {"used": better, "plain": plain, "flip": flipped, "note": f"flip TTA: {verdict} on {images} images"}
+
+    info = on_rank_zero(decide)
+    model.hparams.tta = "flip" if info["used"] else "none"
+    return info
+
+
+def _val_score(state: Any, ensemble: Any) -> float:
     from autotimm.calibration import negative_log_likelihood
     from autotimm.evaluation import classification_metrics
     from autotimm.labelled_data import resolve_labelled_data
@@ -192,7 +241,7 @@ def _ensemble(state: Any, scored: list[dict[str, Any]], model: Any, final: dict[
     if final.get("used") and final.get("trained_on") == "train+val":
         info["note"] = "no validation score: the refit member trained on the validation images"
     else:
-        info["score"] = on_rank_zero(lambda: _ensemble_score(state, ensemble))
+        info["score"] = on_rank_zero(lambda: _val_score(state, ensemble))
     if len(top) < state.ensemble:
         info["note"] = f"only {len(top)} trials finished, fewer than ensemble={state.ensemble}"
     folder = state.output_dir / "ensemble"
@@ -219,6 +268,7 @@ def finish(state: Any, rows: list[dict[str, Any]], verbose: bool) -> AutoFitResu
     final = broadcast(_final_training(state, best))  # rank 0's timings on every rank
     barrier()
     model = ImageClassifier.load(final["checkpoint"] if final.get("used") else best["checkpoint"])
+    tta = _choose_tta(state, model, final, best["backbone"])
     checkpoint = state.output_dir / "best.ckpt"
     if is_rank_zero():
         model.save(checkpoint)
@@ -230,14 +280,19 @@ def finish(state: Any, rows: list[dict[str, Any]], verbose: bool) -> AutoFitResu
         score, source = best["score"], f"trial {best['number']}"
         if final.get("used"):
             source += " (the returned model was retrained on train+val and has no held-out score)"
+    if tta["used"] and score is not None:
+        score, source = tta["flip"], f"{source}, with flip TTA"
     result_model, ensemble_info = _ensemble(state, scored, model, final)
     barrier()
     config = {key: best[key] for key in _CONFIG_KEYS}
     epochs = final.get("epochs", 0) if best["number"] is None else best["epochs"]
     config.update(epochs=epochs, image_size=state.details["image_size"], batch_size=state.settings.batch_size)
+    config.update({key: state.details["recipe"][key] for key in ("optimizer", "scheduler", "precision")})
+    config["tta"] = model.hparams.get("tta")
     details = {k: v for k, v in state.details.items() if not k.startswith("_")}
-    details.update(best_trial=best["number"], score_source=source, final=final, ensemble=ensemble_info)
+    details.update(best_trial=best["number"], score_source=source, final=final, tta=tta, ensemble=ensemble_info)
     details["search_time_used"] = round(sum(r["seconds"] for r in rows), 1)
+    details["time_model_ratios"] = [round(r, 3) for r in state.time_model.ratios]
     result = AutoFitResult(
         model=result_model,
         best_config=config,

@@ -23,14 +23,21 @@ from typing import Any
 
 from autotimm.auto.data import TrialDataModule, native_image_shape, preprocessing_overlay, resolve_data, subset_table
 from autotimm.auto.distributed import on_rank_zero, world_size
-from autotimm.auto.presets import Preset, choose_batch_size, choose_image_size, plan_search
-from autotimm.auto.timing import TimeModel, backbone_config, measure_loading, measure_steps, step_device
+from autotimm.auto.presets import Preset, SearchSpace, choose_batch_size, choose_image_size, plan_search
+from autotimm.auto.timing import (
+    TimeModel,
+    backbone_config,
+    cpu_has_bf16,
+    measure_loading,
+    measure_steps,
+    step_device,
+)
 from autotimm.auto.trials import RunSettings
 
 __all__ = ["SearchState", "default_config", "prepare"]
 
 #: Augmentation presets from cheapest to most expensive to compute (the loading time is measured with the last tried).
-_AUGMENTATION_COST = ("none", "light", "trivialaugment", "randaugment", "autoaugment", "augmix")
+_AUGMENTATION_COST = ("none", "crop_flip", "light", "trivialaugment", "randaugment", "autoaugment", "augmix")
 
 
 def _check_metric(metric: str, num_classes: int) -> str:
@@ -46,6 +53,7 @@ class SearchState:
 
     settings: RunSettings
     preset: Preset
+    space: SearchSpace
     data: Any
     tables: dict[str, Any]
     search_tables: dict[str, Any]
@@ -59,6 +67,7 @@ class SearchState:
     fill_final: bool
     refit: bool
     ensemble: int
+    tta: bool = True
     ensemble_reserve: float = 0.0
     refit_reserve: float = 0.0
 
@@ -95,6 +104,10 @@ def prepare(
         size = (choose_image_size(native, preset),) * 2
     batch = options["batch_size"] or choose_batch_size(len(train), max(size))
     monitor = _check_metric(options["metric"], datamodule.num_classes)
+    space = preset.space_for(max(size), options["pretrained"])
+    device = step_device(trainer_kwargs)
+    if space.recipe.cpu_bf16 and "precision" not in trainer_kwargs and device.type == "cpu" and cpu_has_bf16():
+        trainer_kwargs = {**trainer_kwargs, "precision": "bf16-mixed"}
     overlay = preprocessing_overlay(in_chans, size, options["pretrained"])
     settings = RunSettings(
         base=datamodule,
@@ -109,9 +122,10 @@ def prepare(
         mode=metric_mode(monitor),
         seed=seed,
         trainer_kwargs=trainer_kwargs,
+        recipe=space.recipe.model_kwargs(),
     )
     custom = datamodule._train_transform is not None
-    augmentations: tuple[str | None, ...] = (None,) if custom else preset.space.augmentation_choices(max(size))
+    augmentations: tuple[str | None, ...] = (None,) if custom else space.augmentation_choices(max(size))
     names = list(dict.fromkeys(options["backbones"] or preset.candidates(max(size))))
     configs = {name: backbone_config(name, in_chans, max(size), options["pretrained"]) for name in names}
     search_tables = {
@@ -125,9 +139,14 @@ def prepare(
             datamodule, overlay, augmentation=heaviest, batch_size=batch, tables=search_tables
         )
         load_train, load_eval = measure_loading(probe)
-        device = step_device(trainer_kwargs)
         steps, errors = measure_steps(
-            configs, settings.num_classes, batch, size, device, trainer_kwargs.get("precision")
+            configs,
+            settings.num_classes,
+            batch,
+            size,
+            device,
+            trainer_kwargs.get("precision"),
+            channels_last=space.recipe.channels_last,
         )
         return {
             "model": TimeModel(steps, batch, load_train, load_eval, probe._num_workers(), world_size()),
@@ -139,6 +158,7 @@ def prepare(
     state = SearchState(
         settings=settings,
         preset=preset,
+        space=space,
         data=datamodule,
         tables=tables,
         search_tables=search_tables,
@@ -152,6 +172,7 @@ def prepare(
         fill_final=False,
         refit=options["refit"],
         ensemble=options["ensemble"],
+        tta=options.get("tta", True),
     )
     state.details.update(
         preset=preset.name,
@@ -159,6 +180,7 @@ def prepare(
         native_image_size=native,
         in_chans=in_chans,
         batch_size=batch,
+        recipe={**settings.recipe, "precision": str(trainer_kwargs.get("precision", "32-true"))},
         augmentations=[a for a in augmentations if a] or ["(the data module's own transform)"],
         train_images=len(train),
         val_images=len(val),
@@ -233,11 +255,11 @@ def _final_backbone(state: SearchState, available: float) -> str:
 
 def default_config(state: SearchState, backbone: str) -> dict[str, Any]:
     """The preset's default configuration: trial 0 (a known-good baseline for TPE), or the one final training."""
-    space = state.preset.space
+    space = state.space
     params: dict[str, Any] = {
         "backbone": backbone,
-        "lr": min(max(2e-3, space.lr[0]), space.lr[1]),
-        "weight_decay": min(max(1e-4, space.weight_decay[0]), space.weight_decay[1]),
+        "lr": min(max(space.recipe.lr, space.lr[0]), space.lr[1]),
+        "weight_decay": min(max(space.recipe.weight_decay, space.weight_decay[0]), space.weight_decay[1]),
         "label_smoothing": min(0.1, space.label_smoothing),
         "mixup_alpha": 0.0,
     }

@@ -14,6 +14,8 @@ import re
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from autotimm.auto.recipes import ADAMW_COSINE, SGD_ONECYCLE, Recipe
+
 __all__ = [
     "PRESETS",
     "SMALL_IMAGE_MAX",
@@ -34,15 +36,16 @@ SMALL_IMAGE_MAX = 64
 
 @dataclass(frozen=True)
 class SearchSpace:
-    """The hyper-parameters a trial draws.
+    """The hyper-parameters a trial draws, and the recipe they are drawn for.
 
     Args:
         lr: Learning-rate range, drawn log-uniformly.
         weight_decay: Weight-decay range, drawn log-uniformly.
         label_smoothing: Largest label smoothing; drawn from 0 to it in steps of 0.05.
         mixup_alpha: Largest mixup alpha; drawn from 0 to it in steps of 0.1 (0 is off).
-        small_image_augmentations: Augmentation presets tried for small images.
+        small_image_augmentations: Augmentation presets tried for small images (the first is the default's).
         augmentations: Augmentation presets tried for larger images.
+        recipe: Optimizer, schedule and speed settings shared by every run.
     """
 
     lr: tuple[float, float]
@@ -51,6 +54,7 @@ class SearchSpace:
     mixup_alpha: float
     small_image_augmentations: tuple[str, ...]
     augmentations: tuple[str, ...]
+    recipe: Recipe = ADAMW_COSINE
 
     def augmentation_choices(self, image_size: int) -> tuple[str, ...]:
         """The augmentation presets tried at ``image_size`` pixels."""
@@ -76,6 +80,8 @@ class Preset:
         max_search_images: Trials train on at most this many images (a stratified subset).
         max_val_images: Trials are validated on at most this many images.
         tpe_startup_trials: Random trials before TPE models the results.
+        small_image_space: The search space of small images trained from scratch
+            (``None``: ``space``).
     """
 
     name: str
@@ -92,6 +98,13 @@ class Preset:
     max_search_images: int
     max_val_images: int
     tpe_startup_trials: int
+    small_image_space: SearchSpace | None = None
+
+    def space_for(self, image_size: int, pretrained: bool = False) -> SearchSpace:
+        """The search space at ``image_size`` pixels: ``small_image_space`` for small images trained from scratch."""
+        if self.small_image_space is not None and image_size <= SMALL_IMAGE_MAX and not pretrained:
+            return self.small_image_space
+        return self.space
 
     def candidates(self, image_size: int) -> tuple[str, ...]:
         """The candidate backbones at ``image_size`` pixels."""
@@ -106,7 +119,7 @@ PRESETS: dict[str, Preset] = {
     "fast": Preset(
         name="fast",
         description="a few small CNNs, short trials, most of the budget for the final training",
-        small_image_backbones=("resnet10t", "resnet18", "resnet14t"),
+        small_image_backbones=("test_resnet", "resnet10t", "resnet18"),
         backbones=("resnet10t", "mobilenetv3_small_100", "lcnet_075", "resnet18"),
         space=SearchSpace(
             lr=(5e-4, 1e-2),
@@ -120,11 +133,20 @@ PRESETS: dict[str, Preset] = {
         target_trials=6,
         min_epochs=2,
         max_epochs=15,
-        max_final_epochs=30,
-        search_fraction=0.3,
+        max_final_epochs=50,
+        search_fraction=0.2,
         max_search_images=6_000,
         max_val_images=2_000,
         tpe_startup_trials=3,
+        small_image_space=SearchSpace(
+            lr=(0.05, 0.4),
+            weight_decay=(1e-4, 2e-3),
+            label_smoothing=0.15,
+            mixup_alpha=0.2,
+            small_image_augmentations=("crop_flip", "none"),
+            augmentations=("crop_flip", "none"),
+            recipe=SGD_ONECYCLE,
+        ),
     ),
     "balanced": Preset(
         name="balanced",

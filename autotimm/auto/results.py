@@ -157,6 +157,9 @@ class AutoFitResult:
         final = self.details.get("final") or {}
         if final.get("ran"):
             lines.append(f"  final training: {final.get('note', '')}")
+        tta = self.details.get("tta") or {}
+        if "plain" in tta:
+            lines.append(f"  {tta['note']}: val {self.metric} {tta['plain']:.4f} without, {tta['flip']:.4f} with")
         ensemble = self.details.get("ensemble") or {}
         if ensemble.get("members"):
             score = ensemble.get("score")

@@ -64,6 +64,7 @@ def _is_int(value: Any) -> bool:
 def _check_arguments(
     metric: Any,
     refit: Any,
+    tta: Any,
     ensemble: Any,
     seed: Any,
     n_trials: Any,
@@ -77,8 +78,9 @@ def _check_arguments(
 
     if not isinstance(metric, str) or not metric:
         raise ValueError(f"`metric` must be a validation metric name such as 'accuracy', got {metric!r}")
-    if not isinstance(refit, bool):
-        raise ValueError(f"`refit` must be True or False, got {refit!r}")
+    for name, value in (("refit", refit), ("tta", tta)):
+        if not isinstance(value, bool):
+            raise ValueError(f"`{name}` must be True or False, got {value!r}")
     for name, value, low in (("ensemble", ensemble, 0), ("seed", seed, 0)):
         if not _is_int(value) or value < low:
             raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
@@ -124,6 +126,7 @@ def auto_fit(
     search_fraction: float | None = None,
     trainer_kwargs: dict[str, Any] | None = None,
     dataset_root: str | None = None,
+    tta: bool = True,
     verbose: bool = True,
 ) -> AutoFitResult:
     """Find a good backbone and hyper-parameters for ``data`` within ``time_limit``, and return the trained model.
@@ -160,6 +163,8 @@ def auto_fit(
             run, e.g. ``{"accelerator": "cpu", "devices": 2, "strategy": "ddp"}``
             or ``{"precision": "bf16-mixed"}``.
         dataset_root: Cache folder of built-in datasets (when ``data`` is a name).
+        tta: Try flip test-time augmentation on the returned model and keep it
+            (``model.hparams.tta == "flip"``) only if it improves the validation score.
         verbose: Print the trial table and the summary at the end.
 
     Returns:
@@ -180,7 +185,7 @@ def auto_fit(
     limit = parse_time_limit(time_limit)
     chosen = get_preset(preset)
     _check_arguments(
-        metric, refit, ensemble, seed, n_trials, backbones, batch_size, image_size, search_fraction, trainer_kwargs
+        metric, refit, tta, ensemble, seed, n_trials, backbones, batch_size, image_size, search_fraction, trainer_kwargs
     )
     optuna = import_optuna()
     trainer_kwargs = dict(trainer_kwargs or {})
@@ -188,6 +193,7 @@ def auto_fit(
         seed=seed,
         metric=metric,
         refit=refit,
+        tta=tta,
         ensemble=ensemble,
         n_trials=n_trials,
         backbones=list(backbones) if backbones is not None else None,

@@ -20,7 +20,7 @@ __all__ = ["run_search"]
 
 
 def _distributions(optuna: Any, state: SearchState) -> dict[str, Any]:
-    space, kept = state.preset.space, state.details["_plan"].kept
+    space, kept = state.space, state.details["_plan"].kept
     dists = {
         "backbone": optuna.distributions.CategoricalDistribution(kept),
         "lr": optuna.distributions.FloatDistribution(*space.lr, log=True),

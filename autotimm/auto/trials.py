@@ -78,6 +78,8 @@ class RunSettings:
         mode: ``"max"`` or ``"min"``.
         seed: Base seed; run ``n`` uses ``seed + n``.
         trainer_kwargs: Extra ``AutoTrainer`` arguments.
+        recipe: Extra ``ImageClassifier`` arguments: optimizer, scheduler, channels-last
+            (``Recipe.model_kwargs()``).
     """
 
     base: Any
@@ -92,6 +94,7 @@ class RunSettings:
     mode: str
     seed: int
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
+    recipe: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -135,6 +138,7 @@ def _build(spec: TrialSpec, settings: RunSettings) -> Any:
         weight_decay=spec.weight_decay,
         label_smoothing=spec.label_smoothing,
         mixup_alpha=spec.mixup_alpha,
+        **settings.recipe,
     )
 
 

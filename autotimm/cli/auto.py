@@ -46,6 +46,7 @@ class AutoConfig:
         output_dir: Folder of trials.csv, summary.json, best.ckpt, the trials and the ensemble.
         metric: Validation metric the trials are ranked by: accuracy, f1_macro, top5_accuracy or loss.
         refit: Finish with a retrain of the best configuration on train+val.
+        tta: Try flip test-time augmentation and keep it if it raises the validation score.
         ensemble: Average the predictions of the top K trials' models (0 or 1: no ensemble).
         n_trials: Run at most this many trials (>= 1); null: as many as the time allows.
         backbones: Comma-separated timm model names to choose from instead of the preset's.
@@ -60,7 +61,8 @@ class AutoConfig:
         accelerator: Lightning accelerator: auto, cpu, gpu, cuda, mps, ...
         devices: Lightning devices: auto, a count (1) or a list of indices ("0,1"); several need --strategy ddp.
         strategy: Lightning strategy: auto, or ddp for several devices.
-        precision: Lightning precision: 32-true, 16-mixed, bf16-mixed, ...
+        precision: Lightning precision: 32-true, 16-mixed, bf16-mixed, ...; null: the preset's choice
+            (bf16-mixed for small images trained from scratch by "fast" on CPUs with native bf16, else 32-true).
         dataset_root: Where built-in datasets are cached; null for ~/.cache/autotimm/datasets.
     """
 
@@ -70,6 +72,7 @@ class AutoConfig:
     output_dir: str = "autotimm_auto"
     metric: str = "accuracy"
     refit: bool = False
+    tta: bool = True
     ensemble: int = field(default=0, metadata=number(0))
     n_trials: int | None = field(default=None, metadata=number(1))
     backbones: str | None = None
@@ -83,7 +86,7 @@ class AutoConfig:
     accelerator: str = "auto"
     devices: str = "auto"
     strategy: str = "auto"
-    precision: str = "32-true"
+    precision: str | None = None
     dataset_root: str | None = None
 
 
@@ -96,7 +99,6 @@ METRICS = ("accuracy", "f1_macro", "top5_accuracy", "loss")
 def _trainer_kwargs(config: AutoConfig) -> dict[str, Any]:
     from autotimm.cli.train import _check_precision, _devices
 
-    _check_precision(config.precision)
     kwargs: dict[str, Any] = {}
     if config.accelerator != "auto":
         kwargs["accelerator"] = config.accelerator
@@ -104,7 +106,8 @@ def _trainer_kwargs(config: AutoConfig) -> dict[str, Any]:
         kwargs["devices"] = _devices(config.devices)
     if config.strategy != "auto":
         kwargs["strategy"] = config.strategy
-    if config.precision != "32-true":
+    if config.precision is not None:
+        _check_precision(config.precision)
         kwargs["precision"] = config.precision
     return kwargs
 
@@ -164,6 +167,7 @@ def run(config: AutoConfig) -> int:
         output_dir=output_dir,
         metric=config.metric,
         refit=config.refit,
+        tta=config.tta,
         ensemble=config.ensemble,
         seed=config.seed,
         n_trials=config.n_trials,

@@ -42,7 +42,8 @@ class EvaluateConfig:
         val_split: Validation fraction carved from DATA when it has no validation split, as in training, in [0, 1).
         test_split: Test fraction carved from DATA when it has no test split, as in training, in [0, 1).
         seed: Seed of the carved split, as in training (>= 0).
-        tta: Test-time augmentation: none, flip (what a bare --tta means), crops or flip_crops.
+        tta: Test-time augmentation: none, flip (what a bare --tta means), crops or flip_crops; null: the
+            model's own (none unless it was set, e.g. by autotimm auto).
         batch_size: Images per forward pass (>= 1).
         top_k: k of the top-k accuracy (>= 1; capped at the number of classes).
         num_wrong: How many confidently wrong images to draw (>= 0).
@@ -57,7 +58,7 @@ class EvaluateConfig:
     val_split: float = field(default=0.2, metadata=number(0, 1))
     test_split: float = field(default=0.1, metadata=number(0, 1))
     seed: int = field(default=42, metadata=number(0))
-    tta: TTA_CHOICES = field(default="none", metadata=optional_value("flip"))
+    tta: TTA_CHOICES | None = field(default=None, metadata=optional_value("flip"))
     batch_size: int = field(default=32, metadata=number(1))
     top_k: int = field(default=5, metadata=number(1))
     num_wrong: int = field(default=16, metadata=number(0))

@@ -41,7 +41,8 @@ class PredictConfig:
         top_k: Labels per image, most probable first (1 to the number of classes); null for 5, or every class when
             there are fewer. Multi-label models list every label at or above --threshold instead.
         format: Output: table (for people), json or csv (for scripts; nothing else goes to stdout).
-        tta: Test-time augmentation: none, flip (what a bare --tta means), crops or flip_crops.
+        tta: Test-time augmentation: none, flip (what a bare --tta means), crops or flip_crops; null: the
+            model's own (none unless it was set, e.g. by autotimm auto).
         batch_size: Images per forward pass (>= 1).
         threshold: Multi-label models: the probability a label needs, in (0, 1).
         skip_bad_images: Skip unreadable images with a warning instead of failing.
@@ -52,7 +53,7 @@ class PredictConfig:
     inputs: list[str] = field(metadata=positional(nargs="+"))
     top_k: int | None = field(default=None, metadata=number(1))
     format: Literal["table", "json", "csv"] = "table"
-    tta: TTA_CHOICES = field(default="none", metadata=optional_value("flip"))
+    tta: TTA_CHOICES | None = field(default=None, metadata=optional_value("flip"))
     batch_size: int = field(default=32, metadata=number(1))
     threshold: float = field(default=0.5, metadata=number(0, 1, low_open=True))
     skip_bad_images: bool = False

@@ -49,7 +49,8 @@ class TrainConfig:
         epochs: Training epochs (>= 1).
         batch_size: Images per batch (>= 1).
         image_size: Input size in pixels (>= 1); null for the backbone's default.
-        augmentation: Training augmentation preset: none, light, randaugment, autoaugment, trivialaugment or augmix.
+        augmentation: Training augmentation preset: none, light, crop_flip, randaugment, autoaugment, trivialaugment
+            or augmix.
         optimizer: Optimizer: adamw, adam, sgd, rmsprop, adagrad, adamp, sgdp, adabelief, radam, lamb, lars, madgrad
             or novograd.
         scheduler: Learning-rate schedule: none, cosine, onecycle, step, multistep, exponential, plateau or

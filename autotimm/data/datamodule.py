@@ -11,12 +11,20 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from autotimm.data.array_batches import BATCHED_AUGMENTATIONS, ArrayBatchDataset, supports_batched_arrays
 from autotimm.data.csv_source import read_csv_files
 from autotimm.data.dataset import ImageDataset
-from autotimm.data.images import check_images, image_mode
+from autotimm.data.images import image_mode
 from autotimm.data.loaders import default_num_workers, make_loader
 from autotimm.data.sampling import balanced_class_weights, class_counts, sample_weights
-from autotimm.data.sources import SampleTable, SourceData, read_arrays, read_builtin, read_folder
+from autotimm.data.sources import (
+    SampleTable,
+    SourceData,
+    drop_bad_images,
+    read_arrays,
+    read_builtin,
+    read_folder,
+)
 from autotimm.data.splits import resolve_splits
 from autotimm.data.transforms import (
     backbone_in_chans,
@@ -253,20 +261,6 @@ class ImageDataModule(pl.LightningDataModule):
             return read_arrays(args["images"], args["labels"], args["class_names"])
         return read_builtin(args["dataset"], args["dataset_root"])
 
-    def _drop_bad_images(self, source: SourceData) -> SourceData:
-        tables = source.splits
-        if tables["train"].root is None:  # arrays: nothing to decode
-            return source
-        paths = [table.path(i) for table in tables.values() for i in range(len(table))]
-        good = set(check_images(paths, self.skip_bad_images))
-        splits, start = {}, 0
-        for split, table in tables.items():
-            splits[split] = table.subset([i for i in range(len(table)) if start + i in good])
-            start += len(table)
-        if not splits["train"].items:
-            raise ValueError(f"No readable training images in {source.description}")
-        return SourceData(splits, source.class_names, source.multi_label, source.description)
-
     def setup(self, stage: str | None = None) -> None:
         """Read the source, check the files, and split (once; later calls do nothing).
 
@@ -280,7 +274,7 @@ class ImageDataModule(pl.LightningDataModule):
         """
         if self._tables is not None:
             return
-        source = self._drop_bad_images(self._read_source())
+        source = drop_bad_images(self._read_source(), self.skip_bad_images)
         if len(source.class_names) < 2 and not source.multi_label:
             raise ValueError(f"A classifier needs at least 2 classes; {source.description} has {source.class_names}")
         self._tables = resolve_splits(source, self.val_split, self.test_split, self.seed, self.output_dir)
@@ -337,6 +331,10 @@ class ImageDataModule(pl.LightningDataModule):
     def dataset(self, split: str, augment: bool | None = None) -> ImageDataset:
         """The dataset of a split: training augmentation for ``"train"``, evaluation transform otherwise.
 
+        In-memory images at the input size load a batch at a time with tensor ops
+        ([`ArrayBatchDataset`][autotimm.data.array_batches.ArrayBatchDataset]) under
+        the evaluation transform and the ``"none"`` and ``"crop_flip"`` presets.
+
         Args:
             split: ``"train"``, ``"val"`` or ``"test"``.
             augment: Use the training transform (``True``) or the evaluation
@@ -352,6 +350,17 @@ class ImageDataModule(pl.LightningDataModule):
                 "from val/ and test/ folders, val_csv/test_csv, or val_split/test_split > 0."
             )
         augment = split == "train" if augment is None else augment
+        custom = self._train_transform if augment else self._eval_transform
+        preset = self.augmentation if augment else "none"
+        config = self.data_config
+        if (
+            custom is None
+            and preset in BATCHED_AUGMENTATIONS
+            and supports_batched_arrays(tables[split], config, self.in_chans)
+        ):
+            return ArrayBatchDataset(
+                tables[split], self.num_classes, config, self.in_chans, self._multi_label, preset == "crop_flip"
+            )
         transform = self.train_transform if augment else self.eval_transform
         return ImageDataset(tables[split], len(self._class_names), transform, self.in_chans, self._multi_label)
 

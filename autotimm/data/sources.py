@@ -17,11 +17,12 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, load_image
+from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, check_images, load_image
 
 __all__ = [
     "SampleTable",
     "SourceData",
+    "drop_bad_images",
     "read_arrays",
     "read_builtin",
     "read_folder",
@@ -308,3 +309,28 @@ def read_builtin(name: str, root: str | Path | None = None) -> SourceData:
             raise unknown_labels_error(f"dataset {name!r} {split} split", unknown, names)
         splits[split] = SampleTable(list(range(len(array))), targets, array=array)
     return SourceData(splits, names, description=f"built-in dataset {name!r}")
+
+
+def drop_bad_images(source: SourceData, skip_bad_images: bool = False) -> SourceData:
+    """Check that every image file of ``source`` can be read; leave out the unreadable ones when asked.
+
+    Args:
+        source: What a reader found (array sources are returned unchanged: nothing to decode).
+        skip_bad_images: Skip unreadable files with one warning instead of raising.
+
+    Raises:
+        FileNotFoundError: A missing file (without ``skip_bad_images``).
+        ValueError: An unreadable file (without ``skip_bad_images``), or no readable training image.
+    """
+    tables = source.splits
+    if tables["train"].root is None:
+        return source
+    paths = [table.path(i) for table in tables.values() for i in range(len(table))]
+    good = set(check_images(paths, skip_bad_images))
+    splits, start = {}, 0
+    for split, table in tables.items():
+        splits[split] = table.subset([i for i in range(len(table)) if start + i in good])
+        start += len(table)
+    if not splits["train"].items:
+        raise ValueError(f"No readable training images in {source.description}")
+    return SourceData(splits, source.class_names, source.multi_label, source.description)

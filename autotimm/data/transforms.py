@@ -16,6 +16,7 @@ __all__ = [
     "build_train_transform",
     "check_augmentation",
     "check_image_size",
+    "crop_padding",
     "list_augmentation_presets",
     "make_data_config",
 ]
@@ -24,6 +25,7 @@ __all__ = [
 AUGMENTATION_PRESETS: dict[str, str | None] = {
     "none": None,
     "light": None,
+    "crop_flip": None,
     "randaugment": "rand-m9-mstd0.5-inc1",
     "autoaugment": "original",
     "trivialaugment": None,
@@ -36,7 +38,7 @@ def list_augmentation_presets() -> list[str]:
 
     Example:
         >>> list_augmentation_presets()
-        ['none', 'light', 'randaugment', 'autoaugment', 'trivialaugment', 'augmix']
+        ['none', 'light', 'crop_flip', 'randaugment', 'autoaugment', 'trivialaugment', 'augmix']
     """
     return list(AUGMENTATION_PRESETS)
 
@@ -52,6 +54,16 @@ def check_augmentation(augmentation: str) -> None:
             f"`augmentation` must be one of {list_augmentation_presets()} or a custom transform "
             f"(a callable from a Pillow image to a tensor), got {augmentation!r}"
         )
+
+
+def crop_padding(height: int, width: int) -> int:
+    """Pixels of zero padding before the random crop of ``"crop_flip"``: 1/14 of the shorter side, at least 2.
+
+    Example:
+        >>> crop_padding(28, 28), crop_padding(32, 32), crop_padding(224, 224)
+        (2, 2, 16)
+    """
+    return max(2, min(height, width) // 14)
 
 
 def _per_channel(values: Sequence[float], in_chans: int) -> list[float]:
@@ -160,12 +172,16 @@ def build_train_transform(augmentation: str, data_config: dict[str, Any]) -> Cal
 
     - ``"none"``: the evaluation transform, no randomness.
     - ``"light"``: random resized crop and horizontal flip.
+    - ``"crop_flip"``: the evaluation resize, then zero padding (1/14 of the
+      shorter side, at least 2 px), a random crop back to the input size and a
+      horizontal flip: the classic recipe of small images (MNIST, CIFAR), whose
+      objects a random *resized* crop would zoom out of the frame.
     - ``"randaugment"``, ``"autoaugment"``, ``"augmix"``: the crop and flip plus
       timm's policy (``rand-m9-mstd0.5-inc1``, ``original``, ``augmix-m5-w4-d2``).
     - ``"trivialaugment"``: the crop and flip plus torchvision's ``TrivialAugmentWide``.
 
-    All use timm's ``create_transform`` with the random resized crop defaults
-    (scale 0.08-1, ratio 3/4-4/3) and no colour jitter.
+    The others use timm's ``create_transform`` with the random resized crop
+    defaults (scale 0.08-1, ratio 3/4-4/3) and no colour jitter.
 
     Args:
         augmentation: A name from [`list_augmentation_presets`][autotimm.data.list_augmentation_presets].
@@ -180,6 +196,13 @@ def build_train_transform(augmentation: str, data_config: dict[str, Any]) -> Cal
     check_augmentation(augmentation)
     if augmentation == "none":
         return build_eval_transform(data_config)
+    if augmentation == "crop_flip":
+        # timm has no pad-and-crop recipe: torchvision's crop and flip go before the eval transform's to-tensor stage.
+        stages = list(build_eval_transform(data_config).transforms)
+        at = next(i for i, t in enumerate(stages) if type(t).__name__ in ("ToTensor", "MaybeToTensor", "PILToTensor"))
+        size = tuple(data_config["input_size"][1:])
+        crop_flip = [T.RandomCrop(size, padding=crop_padding(*size)), T.RandomHorizontalFlip()]
+        return T.Compose([*stages[:at], *crop_flip, *stages[at:]])
     args = dict(**_timm_args(data_config), is_training=True, color_jitter=None)
     if augmentation == "trivialaugment":
         # timm has no TrivialAugment; torchvision's goes between timm's crop/flip and its tensor/normalise stages.
