@@ -8,6 +8,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 import torchmetrics
 import torchmetrics.classification
 from torch import nn
@@ -247,3 +248,41 @@ class MetricManager(nn.Module):
         for cfg in self.configs:
             if cfg.name in metrics:
                 yield cfg, metrics[cfg.name]
+
+    def step_values(
+        self, stage: str, preds: torch.Tensor, target: torch.Tensor
+    ) -> list[tuple[str, torch.Tensor, bool]]:
+        """Update every metric of ``stage`` with a batch; return the per-batch values to log.
+
+        Returns:
+            ``(key, value, prog_bar)`` for the metrics with ``log_on_step``: the
+            key is ``"{stage}/{name}"``, with ``_step`` added when the metric is
+            logged per epoch too (Lightning's naming).
+        """
+        values = []
+        for cfg, metric in self.items(stage):
+            if cfg.log_on_step:
+                value = metric(preds, target)  # updates the epoch state too
+                suffix = "_step" if cfg.log_on_epoch else ""
+                values.append((f"{stage}/{cfg.name}{suffix}", value, cfg.prog_bar))
+            else:
+                metric.update(preds, target)
+        return values
+
+    def epoch_values(self, stage: str) -> list[tuple[str, torch.Tensor, bool]]:
+        """Compute the epoch value of every metric of ``stage`` that saw a batch, then reset them all.
+
+        Under DDP, ``compute`` gathers the states of every process, so each
+        process gets the value over the whole epoch.
+
+        Returns:
+            ``(key, value, prog_bar)`` for the metrics with ``log_on_epoch``;
+            ``_epoch`` is added to the key when the metric is logged per step too.
+        """
+        values = []
+        for cfg, metric in self.items(stage):
+            if cfg.log_on_epoch and metric.update_count > 0:
+                suffix = "_epoch" if cfg.log_on_step else ""
+                values.append((f"{stage}/{cfg.name}{suffix}", metric.compute(), cfg.prog_bar))
+            metric.reset()
+        return values

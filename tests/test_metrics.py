@@ -90,3 +90,18 @@ def test_bad_name_params_and_duplicates():
         MetricManager([acc, acc], num_classes=3)
     with pytest.raises(ValueError, match=r"`metrics` must hold MetricConfig objects, got str"):
         MetricManager(["accuracy"], num_classes=3)
+
+
+def test_epoch_values_compute_over_every_step_then_reset():
+    configs = [
+        MetricConfig(name="accuracy", metric_class="Accuracy"),
+        MetricConfig(name="acc_both", metric_class="Accuracy", log_on_step=True, log_on_epoch=True),
+    ]
+    manager = MetricManager(configs, num_classes=3)
+    preds = torch.tensor([[1.0, 0, 0], [0, 1.0, 0], [0, 0, 1.0], [1.0, 0, 0]])
+    step = manager.step_values("val", preds[:2], torch.tensor([0, 1]))  # both right
+    assert [(k, round(float(v), 3)) for k, v, _ in step] == [("val/acc_both_step", 1.0)]
+    manager.step_values("val", preds[2:], torch.tensor([0, 0]))  # one right of two
+    epoch = {k: round(float(v), 3) for k, v, _ in manager.epoch_values("val")}
+    assert epoch == {"val/accuracy": 0.75, "val/acc_both_epoch": 0.75}
+    assert manager.epoch_values("val") == []  # reset: nothing seen since
