@@ -192,12 +192,13 @@ def _choose_tta(state: Any, model: Any, final: dict[str, Any], backbone: str) ->
     if final.get("used") and final.get("trained_on") == "train+val":
         return {"used": False, "note": "not tried: the model trained on the validation images"}
     images = len(state.search_tables["val"])
-    need = 3 * state.time_model.epoch_seconds(backbone, 0, images) if backbone in state.time_model.step_seconds else 0
-    left = state.start + state.limit - state.reserve - time.monotonic()
-    if need > left:
-        return {"used": False, "note": f"not tried: scoring it needs ~{need:.0f}s, {max(left, 0):.0f}s were left"}
 
-    def decide() -> dict[str, Any]:
+    def decide() -> dict[str, Any]:  # rank 0's time model and clock: every rank gets the same answer
+        tm = state.time_model
+        need = 3 * tm.epoch_seconds(backbone, 0, images) if backbone in tm.step_seconds else 0
+        left = state.start + state.limit - state.reserve - time.monotonic()
+        if need > left:
+            return {"used": False, "note": f"not tried: scoring it needs ~{need:.0f}s, {max(left, 0):.0f}s were left"}
         plain = _val_score(state, model)
         model.hparams.tta = "flip"
         flipped = _val_score(state, model)
