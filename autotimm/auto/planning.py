@@ -67,7 +67,7 @@ class SearchState:
     fill_final: bool
     refit: bool
     ensemble: int
-    tta: bool = True
+    tta: bool
     ensemble_reserve: float = 0.0
     refit_reserve: float = 0.0
 
@@ -172,7 +172,7 @@ def prepare(
         fill_final=False,
         refit=options["refit"],
         ensemble=options["ensemble"],
-        tta=options.get("tta", True),
+        tta=options["tta"],
     )
     state.details.update(
         preset=preset.name,
