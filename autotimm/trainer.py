@@ -222,7 +222,9 @@ class AutoTrainer(pl.Trainer):
 
         A model built with ``cache_features=True`` trains on its backbone's
         features, computed once before training; see
-        [`FeatureDataModule`][autotimm.FeatureDataModule].
+        [`FeatureDataModule`][autotimm.FeatureDataModule]. Pass one as
+        ``datamodule`` to set how the features are computed; any other data
+        module is wrapped in one with its defaults.
         """
         if self._tuning:  # the Tuner's own trial runs
             super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
@@ -231,6 +233,9 @@ class AutoTrainer(pl.Trainer):
             if datamodule is not None:
                 raise ValueError("pass the data module once, as `datamodule` or second argument, not as both")
             datamodule, train_dataloaders = train_dataloaders, None
+        features = None
+        if isinstance(datamodule, FeatureDataModule):  # set up and checked through the images it wraps
+            features, datamodule = datamodule, _feature_source(model, datamodule)
         if datamodule is not None:
             _prepare_data(model, datamodule)
         if self._auto_monitor:
@@ -238,7 +243,7 @@ class AutoTrainer(pl.Trainer):
         self._check_validation_data(model, val_dataloaders, datamodule)
         if getattr(model, "hparams", {}).get("cache_features"):
             if datamodule is not None:
-                datamodule = FeatureDataModule(model, datamodule)
+                datamodule = features or FeatureDataModule(model, datamodule)
             elif train_dataloaders is not None:
                 datamodule = FeatureDataModule(
                     model, train_dataloader=train_dataloaders, val_dataloader=val_dataloaders
@@ -359,6 +364,28 @@ class _RankSeed(Callback):
 
 def _has(callbacks: Iterable[Callback], kind: type) -> bool:
     return any(isinstance(c, kind) for c in callbacks)
+
+
+def _feature_source(model: pl.LightningModule, features: FeatureDataModule) -> pl.LightningDataModule:
+    """The image data module that a `FeatureDataModule` given to ``fit`` wraps.
+
+    Raises:
+        ValueError: The model does not train on cached features, is not the
+            one whose backbone computes them, or the features come from loaders.
+    """
+    if not getattr(model, "hparams", {}).get("cache_features"):
+        raise ValueError(
+            "a FeatureDataModule holds cached backbone features: build the model with "
+            "freeze_backbone=True, cache_features=True"
+        )
+    if features.model is not model:
+        raise ValueError("the FeatureDataModule was built for another model: pass FeatureDataModule(model, data)")
+    if features.source is None:
+        raise ValueError(
+            "AutoTrainer.fit takes a FeatureDataModule built from a data module; "
+            "pass loaders to fit() as `train_dataloaders` and `val_dataloaders` instead"
+        )
+    return features.source
 
 
 def _prepare_data(model: pl.LightningModule, datamodule: pl.LightningDataModule) -> None:

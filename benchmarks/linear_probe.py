@@ -9,8 +9,8 @@ temporary directory; 20% of them are held out for validation.
   frozen backbone on it, for training and for validation.
 - ``cached``: ``cache_features=True``. ``AutoTrainer.fit`` runs the backbone
   once over the training and validation images with the evaluation transform
-  (``FeatureDataModule``). Each epoch then trains the head on the stored
-  features.
+  (``FeatureDataModule``: on the CPU in batches of at least 128, channels-last).
+  Each epoch then trains the head on the stored features.
 
 With ``--augmentation none`` (the default) the uncached run trains on the same
 evaluation-transformed images that the cached run encodes once. Both runs then
@@ -23,7 +23,8 @@ validation images, through the whole model.
 The wall time of each ``fit`` is printed, along with the speed-up. A table
 then breaks down what the time goes to. It times one pass of decoding and
 transforming the images (the data module's loaders, no model). It times one
-backbone pass over the decoded images in inference mode. It shows the cache's
+backbone pass over the decoded images in inference mode, at the training batch
+size in the default memory format, as the uncached run computes them. It shows the cache's
 own time (``FeatureDataModule.seconds``) and the time of the cached run's head
 epochs. With E epochs the speed-up is at most about E: the uncached run makes
 E backbone passes, the cached run one. It falls below E when the cached run's
@@ -35,8 +36,12 @@ runs (``--checkpoints`` turns checkpointing on). The two fits run one after
 the other; ``--repeats 2`` runs each twice, in alternating order, and takes
 the median of each.
 
+Last, the cache pass alone runs ``--cache-passes`` times with its defaults and
+with the training batch size in the default memory format, interleaved, and
+the ratio of their medians is printed.
+
 Run: ``python benchmarks/linear_probe.py [--images 3000] [--image-size 64] [--epochs 10]
-[--augmentation none|light] [--threads N] [--checkpoints] [--repeats 1]``.
+[--augmentation none|light] [--threads N] [--checkpoints] [--repeats 1] [--cache-passes 3]``.
 """
 
 from __future__ import annotations
@@ -161,6 +166,27 @@ def breakdown(args: argparse.Namespace, images: Path, work: Path) -> dict[str, f
     return {"decode": decode, "forward": forward}
 
 
+def cache_passes(args: argparse.Namespace, images: Path, work: Path) -> dict[str, list[float]]:
+    """Seconds of the cache pass with its defaults against training-size batches in the default memory format."""
+    data = datamodule(args, images, work / "passes")
+    model = ImageClassifier(
+        BackboneConfig(args.model, pretrained=False), num_classes=NUM_CLASSES, freeze_backbone=True, cache_features=True
+    )
+    data.configure_for(model.backbone)
+    data.setup("fit")
+    settings = {
+        "defaults": {},
+        "training batches, contiguous": {"cache_batch_size": args.batch_size, "channels_last": False},
+    }
+    seconds: dict[str, list[float]] = {name: [] for name in settings}
+    for _ in range(args.cache_passes):
+        for name, kwargs in settings.items():
+            features = FeatureDataModule(model, data, progress=False, **kwargs)
+            features.setup("fit")
+            seconds[name].append(features.seconds)
+    return seconds
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", default="resnet18", help="timm model name (random weights)")
@@ -175,6 +201,7 @@ def main() -> None:
     parser.add_argument("--checkpoints", action="store_true", help="keep AutoTrainer's checkpoints on")
     parser.add_argument("--repeats", type=int, default=1, help="fits of each probe, in alternating order")
     parser.add_argument("--threads", type=int, default=0, help="torch threads; 0 keeps torch's default")
+    parser.add_argument("--cache-passes", type=int, default=3, help="interleaved cache passes of each setting")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -202,7 +229,10 @@ def main() -> None:
                     f"val accuracy {result['accuracy']:.3f}"
                 )
         parts = breakdown(args, work / "images", work)
+        passes = cache_passes(args, work / "images", work)
     report(results, parts, args, console)
+    if args.cache_passes:
+        report_passes(passes, console)
 
 
 def report(results: dict[bool, list[dict[str, Any]]], parts: dict[str, float], args: Any, console: Console) -> None:
@@ -238,7 +268,8 @@ def report(results: dict[bool, list[dict[str, Any]]], parts: dict[str, float], a
         "one pass over train + val: decoding + transforms only (data module loaders)", f"{parts['decode']:.1f}"
     )
     parts_table.add_row(
-        "one pass over train + val: backbone in inference mode (pre-decoded)", f"{parts['forward']:.1f}"
+        "one pass over train + val: backbone in inference mode, training batches (pre-decoded)",
+        f"{parts['forward']:.1f}",
     )
     parts_table.add_row("uncached: one epoch (train + validation)", f"{image_epochs:.2f}")
     parts_table.add_row("cached: computing the feature cache (FeatureDataModule.seconds)", f"{cache:.1f}")
@@ -261,6 +292,17 @@ def report(results: dict[bool, list[dict[str, Any]]], parts: dict[str, float], a
         f"The cached run spends {cache / cached:.0%} of its time computing the cache and {share:.0%} on the "
         f"head epochs. An uncached epoch costs {image_epochs / cache:.2f}x the cache pass."
     )
+
+
+def report_passes(passes: dict[str, list[float]], console: Console) -> None:
+    table = Table(title="The cache pass alone (FeatureDataModule.setup), interleaved")
+    for column in ("setting", "median s", "runs"):
+        table.add_column(column, justify="left" if column == "setting" else "right")
+    for name, seconds in passes.items():
+        table.add_row(name, f"{statistics.median(seconds):.2f}", ", ".join(f"{s:.2f}" for s in seconds))
+    console.print(table)
+    default, plain = (statistics.median(v) for v in passes.values())
+    console.print(f"The default cache pass is {plain / default:.2f}x as fast as one at the training batch, contiguous.")
 
 
 if __name__ == "__main__":

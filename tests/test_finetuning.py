@@ -13,7 +13,7 @@ from conftest import make_trainer
 
 from autotimm import AutoTrainer, BackboneConfig, ImageClassifier, ImageDataModule, make_synthetic_dataset
 from autotimm.ema import EMA, ema_decay_at
-from autotimm.feature_cache import FeatureDataModule
+from autotimm.feature_cache import FeatureDataModule, FeatureDataset, compute_features
 from autotimm.finetuning import UnfreezeSchedule, backbone_layers, backbone_stages
 
 RESNET = BackboneConfig("test_resnet", pretrained=False)
@@ -278,6 +278,79 @@ def test_cached_and_uncached_linear_probes_agree(tmp_path):
     data.setup()
     images, labels = next(iter(data.eval_dataloader("val")))
     assert (best(images).argmax(1) == labels).float().mean().item() >= 0.9
+
+
+def test_the_cache_pass_runs_channels_last_in_large_batches_and_restores_the_backbone(tmp_path):
+    model = _classifier(freeze_backbone=True, cache_features=True)
+    data = _array_module(tmp_path)
+    batch_sizes = []
+    eval_dataloader = data.eval_dataloader
+
+    def recording_eval_dataloader(split, batch_size=None):
+        batch_sizes.append(batch_size)
+        return eval_dataloader(split, batch_size=batch_size)
+
+    data.eval_dataloader = recording_eval_dataloader
+    formats = []
+    conv = model.backbone.conv1[0]
+    hook = conv.register_forward_pre_hook(
+        lambda module, args: formats.append(
+            (args[0].is_contiguous(memory_format=torch.channels_last), module.weight.is_contiguous())
+        )
+    )
+    cache = FeatureDataModule(model, data, progress=False)
+    cache.setup("fit")
+    hook.remove()
+    assert batch_sizes == [128, 128]  # on the CPU: at least 128 images a batch, whatever the training batch
+    assert formats and all(f == (True, False) for f in formats)  # channels-last images and weights
+    assert all(p.is_contiguous() for p in model.backbone.parameters())  # the weights' format is restored
+    features, targets = compute_features(model.backbone, eval_dataloader("train"), progress=False)
+    torch.testing.assert_close(cache.features["train"].tensors[0], features, atol=1e-4, rtol=1e-4)
+    assert torch.equal(cache.features["train"].tensors[1], targets)
+
+    images, labels = next(iter(cache.train_dataloader()))
+    assert images.shape == (32, model.backbone.num_features) and labels.shape == (32,)
+    validation = list(cache.val_dataloader())
+    assert len(validation) == 1 and len(validation[0][0]) == len(cache.features["val"])  # one batch
+
+    data.eval_dataloader = recording_eval_dataloader
+    batch_sizes.clear()
+    FeatureDataModule(model, data, cache_batch_size=48, progress=False).setup("fit")
+    assert batch_sizes == [48, 48]
+    with pytest.raises(ValueError, match="batch_size"):
+        eval_dataloader("train", batch_size=0)
+
+
+def test_fit_takes_a_feature_data_module_with_its_own_settings(tmp_path):
+    model = _classifier(freeze_backbone=True, cache_features=True, lr=0.05)
+    data = _array_module(tmp_path)
+    features = FeatureDataModule(model, data, cache_batch_size=16, channels_last=False, progress=False)
+    trainer = AutoTrainer(
+        output_dir=tmp_path / "run", max_epochs=3, accelerator="cpu", logger=False, enable_progress_bar=False, seed=0
+    )
+    trainer.fit(model, features)
+    assert trainer.datamodule is features and len(features.features["train"]) == 128
+    assert model.hparams.class_names == data.class_names  # the wrapped data module's class info reached the model
+    assert float(trainer.callback_metrics["val/accuracy"]) >= 0.9
+
+    with pytest.raises(ValueError, match="another model"):
+        trainer.fit(_classifier(freeze_backbone=True, cache_features=True), features)
+    with pytest.raises(ValueError, match="cache_features=True"):
+        trainer.fit(_classifier(), FeatureDataModule(model, data))
+    loaders = FeatureDataModule(model, train_dataloader=data.eval_dataloader("train"))
+    with pytest.raises(ValueError, match="built from a data module"):
+        trainer.fit(model, loaders)
+
+
+def test_feature_dataset_gathers_a_batch_like_single_samples():
+    dataset = FeatureDataset(torch.randn(10, 4), torch.arange(10))
+    pairs = dataset.__getitems__([3, 7, 1])
+    assert len(pairs) == 3
+    for (feature, target), index in zip(pairs, [3, 7, 1], strict=True):
+        expected_feature, expected_target = dataset[index]
+        assert torch.equal(feature, expected_feature) and torch.equal(target, expected_target)
+    features, targets = next(iter(torch.utils.data.DataLoader(dataset, batch_size=4)))
+    assert torch.equal(features, dataset.tensors[0][:4]) and torch.equal(targets, torch.arange(4))
 
 
 def test_cache_features_on_a_plain_trainer_warns_and_trains_on_images(train_loader):

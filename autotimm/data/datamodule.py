@@ -391,16 +391,19 @@ class ImageDataModule(pl.LightningDataModule):
         )
         return self._loader(dataset, sampler=sampler, drop_last=drop_last)
 
-    def eval_dataloader(self, split: str) -> DataLoader:
+    def eval_dataloader(self, split: str, batch_size: int | None = None) -> DataLoader:
         """Batches of any split with the evaluation transform, in a fixed order (e.g. to compute features).
 
         Args:
             split: ``"train"``, ``"val"`` or ``"test"``.
+            batch_size: Images per batch; default: the data module's ``batch_size``.
 
         Raises:
-            ValueError: The split does not exist.
+            ValueError: The split does not exist, or ``batch_size`` is not a positive integer.
         """
-        return self._loader(self.dataset(split, augment=False))
+        if batch_size is not None:
+            require_number("batch_size", batch_size, 1, integer=True)
+        return make_loader(self.dataset(split, augment=False), batch_size or self.batch_size, self._num_workers())
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches in a fixed order; an empty list when there is no validation split."""
