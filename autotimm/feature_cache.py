@@ -124,6 +124,11 @@ class FeatureDataModule(pl.LightningDataModule):
             wherever the model has ``channels_last=True``.
         progress: Draw progress bars while computing.
 
+    Raises:
+        ValueError: Neither or both of ``datamodule`` and ``train_dataloader``,
+            or a batch size that is not a positive integer, or a ``channels_last``
+            that is not a bool.
+
     Validation batches hold up to 1024 features: their metrics and loss do not
     depend on the batch size, and fewer steps cost less.
     """
@@ -142,6 +147,12 @@ class FeatureDataModule(pl.LightningDataModule):
         super().__init__()
         if (datamodule is None) == (train_dataloader is None):
             raise ValueError("FeatureDataModule needs either `datamodule` or `train_dataloader`, not both or neither")
+        for name, value in (("batch_size", batch_size), ("cache_batch_size", cache_batch_size)):
+            # not autotimm.validation.require_number: that module imports this one (through the optimizers)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}")
+        if channels_last not in (None, True, False):
+            raise ValueError(f"`channels_last` must be True, False or None (the default), got {channels_last!r}")
         self.model = model
         self.source = datamodule
         self._loaders = {"train": train_dataloader, "val": val_dataloader}

@@ -319,6 +319,10 @@ def test_the_cache_pass_runs_channels_last_in_large_batches_and_restores_the_bac
     assert batch_sizes == [48, 48]
     with pytest.raises(ValueError, match="batch_size"):
         eval_dataloader("train", batch_size=0)
+    with pytest.raises(ValueError, match="cache_batch_size"):
+        FeatureDataModule(model, data, cache_batch_size=0)
+    with pytest.raises(ValueError, match="channels_last"):
+        FeatureDataModule(model, data, channels_last="yes")
 
 
 def test_fit_takes_a_feature_data_module_with_its_own_settings(tmp_path):
