@@ -147,10 +147,11 @@ class FeatureDataModule(pl.LightningDataModule):
         super().__init__()
         if (datamodule is None) == (train_dataloader is None):
             raise ValueError("FeatureDataModule needs either `datamodule` or `train_dataloader`, not both or neither")
+        from autotimm.validation import require_number  # here: autotimm.validation imports this module
+
         for name, value in (("batch_size", batch_size), ("cache_batch_size", cache_batch_size)):
-            # not autotimm.validation.require_number: that module imports this one (through the optimizers)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ValueError(f"`{name}` must be a positive integer or None, got {value!r}")
+            if value is not None:
+                require_number(name, value, 1, integer=True)
         if channels_last not in (None, True, False):
             raise ValueError(f"`channels_last` must be True, False or None (the default), got {channels_last!r}")
         self.model = model

@@ -185,11 +185,16 @@ def _final_training(state: Any, best: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
+def _trained_on_val(final: dict[str, Any]) -> bool:
+    """Whether the returned model is the final training's, and it trained on the validation images too (refit)."""
+    return bool(final.get("used")) and final.get("trained_on") == "train+val"
+
+
 def _choose_tta(state: Any, model: Any, final: dict[str, Any], backbone: str) -> dict[str, Any]:
     """Turn flip test-time augmentation on for ``model`` if it raises the validation score (rank 0 decides)."""
     if not state.tta:
         return {"used": False, "note": "not tried (tta=False)"}
-    if final.get("used") and final.get("trained_on") == "train+val":
+    if _trained_on_val(final):
         return {"used": False, "note": "not tried: the model trained on the validation images"}
     images = len(state.search_tables["val"])
 
@@ -239,7 +244,7 @@ def _ensemble(state: Any, scored: list[dict[str, Any]], model: Any, final: dict[
     members = [model] + [ImageClassifier.load(row["checkpoint"]) for row in top[1:]]
     ensemble = EnsembleClassifier(members, data_config=model.data_config)
     info: dict[str, Any] = {"members": [row["number"] for row in top], "score": None}
-    if final.get("used") and final.get("trained_on") == "train+val":
+    if _trained_on_val(final):
         info["note"] = "no validation score: the refit member trained on the validation images"
     else:
         info["score"] = on_rank_zero(lambda: _val_score(state, ensemble))

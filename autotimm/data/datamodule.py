@@ -369,8 +369,8 @@ class ImageDataModule(pl.LightningDataModule):
             return self.num_workers
         return 0 if self._require_setup()["train"].array is not None else default_num_workers()
 
-    def _loader(self, dataset: ImageDataset, **kwargs: Any) -> DataLoader:
-        return make_loader(dataset, self.batch_size, self._num_workers(), **kwargs)
+    def _loader(self, dataset: ImageDataset, batch_size: int | None = None, **kwargs: Any) -> DataLoader:
+        return make_loader(dataset, batch_size or self.batch_size, self._num_workers(), **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches; with ``balanced_sampling`` drawn by a `WeightedRandomSampler`.
@@ -403,7 +403,7 @@ class ImageDataModule(pl.LightningDataModule):
         """
         if batch_size is not None:
             require_number("batch_size", batch_size, 1, integer=True)
-        return make_loader(self.dataset(split, augment=False), batch_size or self.batch_size, self._num_workers())
+        return self._loader(self.dataset(split, augment=False), batch_size)
 
     def val_dataloader(self) -> DataLoader | list:
         """Validation batches in a fixed order; an empty list when there is no validation split."""
