@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml $(CONSTRAINTS)
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m autotimm.demo
+	$(BIN)/python -m autotimm.cli.quickstart
 
 lint: $(STAMP)
 	$(BIN)/ruff check autotimm tests benchmarks

@@ -6,70 +6,55 @@ is cheap, and the ONNX predictor works without torch, timm or Lightning.
 
 from typing import TYPE_CHECKING
 
+from autotimm._deprecated import install as _install_moved_paths
 from autotimm._lazy import lazy_exports
+from autotimm._version import __version__
 
-if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load lazily
-    from autotimm.auto import AutoFitResult, EnsembleClassifier, auto_fit
-    from autotimm.backbone import BackboneConfig, PretrainedWeightsUnavailableError, create_backbone, list_backbones
-    from autotimm.calibration import CalibrationResult
-    from autotimm.classifier import ImageClassifier
+if TYPE_CHECKING:  # the public names, for type checkers and the API docs; at run time they load lazily
+    from autotimm.auto import AutoFitResult, auto_fit
+    from autotimm.classifier import EnsembleClassifier, ImageClassifier
     from autotimm.data import (
         ImageDataModule,
         list_augmentation_presets,
         list_builtin_datasets,
         load_builtin_dataset,
+        make_synthetic_dataset,
     )
-    from autotimm.ema import EMA
-    from autotimm.evaluation import EvaluationReport, evaluate
-    from autotimm.explanations import Explanation, explain
-    from autotimm.exporting import ExportParityError, ExportResult, export
-    from autotimm.feature_cache import FeatureDataModule
-    from autotimm.finetuning import UnfreezeSchedule, backbone_stages
-    from autotimm.head import ClassificationHead
-    from autotimm.logging_config import LoggingConfig
-    from autotimm.metrics import MetricConfig, MetricManager, default_metrics
-    from autotimm.onnx_predictor import OnnxPredictor, read_metadata
-    from autotimm.optimizers import create_optimizer, list_optimizers, register_optimizer
-    from autotimm.prediction import Prediction
-    from autotimm.quantization import QuantizationReport, quantize_onnx
-    from autotimm.schedulers import LinearWarmup, create_scheduler, list_schedulers, register_scheduler
-    from autotimm.service import create_app, run_server
-    from autotimm.synthetic import make_synthetic_dataset
-    from autotimm.trainer import AutoTrainer, TunerConfig
+    from autotimm.evaluation import CalibrationResult, EvaluationReport, Explanation, evaluate, explain
+    from autotimm.exporting import ExportParityError, ExportResult, QuantizationReport, export, quantize_onnx
+    from autotimm.models import (
+        BackboneConfig,
+        ClassificationHead,
+        PretrainedWeightsUnavailableError,
+        backbone_stages,
+        create_backbone,
+        list_backbones,
+    )
+    from autotimm.optim import (
+        LinearWarmup,
+        create_optimizer,
+        create_scheduler,
+        list_optimizers,
+        list_schedulers,
+        register_optimizer,
+        register_scheduler,
+    )
+    from autotimm.prediction import OnnxPredictor, Prediction, read_metadata
+    from autotimm.serving import create_app, run_server
+    from autotimm.training import (
+        EMA,
+        AutoTrainer,
+        FeatureDataModule,
+        LoggingConfig,
+        MetricConfig,
+        MetricManager,
+        TunerConfig,
+        UnfreezeSchedule,
+        default_metrics,
+    )
 
-__version__ = "0.1.0"
-
-_EXPORTS: dict[str, list[str]] = {
-    "autotimm.auto": ["AutoFitResult", "EnsembleClassifier", "auto_fit"],
-    "autotimm.backbone": ["BackboneConfig", "PretrainedWeightsUnavailableError", "create_backbone", "list_backbones"],
-    "autotimm.calibration": ["CalibrationResult"],
-    "autotimm.classifier": ["ImageClassifier"],
-    "autotimm.ema": ["EMA"],
-    "autotimm.evaluation": ["EvaluationReport", "evaluate"],
-    "autotimm.explanations": ["Explanation", "explain"],
-    "autotimm.exporting": ["ExportParityError", "ExportResult", "export"],
-    "autotimm.feature_cache": ["FeatureDataModule"],
-    "autotimm.finetuning": ["UnfreezeSchedule", "backbone_stages"],
-    "autotimm.onnx_predictor": ["OnnxPredictor", "read_metadata"],
-    "autotimm.quantization": ["QuantizationReport", "quantize_onnx"],
-    "autotimm.data": [
-        "ImageDataModule",
-        "list_augmentation_presets",
-        "list_builtin_datasets",
-        "load_builtin_dataset",
-    ],
-    "autotimm.head": ["ClassificationHead"],
-    "autotimm.logging_config": ["LoggingConfig"],
-    "autotimm.metrics": ["MetricConfig", "MetricManager", "default_metrics"],
-    "autotimm.prediction": ["Prediction"],
-    "autotimm.optimizers": ["create_optimizer", "list_optimizers", "register_optimizer"],
-    "autotimm.service": ["create_app", "run_server"],
-    "autotimm.schedulers": ["LinearWarmup", "create_scheduler", "list_schedulers", "register_scheduler"],
-    "autotimm.synthetic": ["make_synthetic_dataset"],
-    "autotimm.trainer": ["AutoTrainer", "TunerConfig"],
-}
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+__getattr__, __dir__ = lazy_exports(globals())
+_install_moved_paths()
 
 __all__ = [
     "EMA",

@@ -1,4 +1,4 @@
-"""Argument checks shared by autotimm's public classes.
+"""Low-level argument checks shared by every subpackage; this module imports nothing of autotimm's.
 
 Each check raises ``ValueError`` naming the argument, the bad value and what
 is accepted.
@@ -6,15 +6,9 @@ is accepted.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from typing import Any
 
-import numpy as np
-
-from autotimm.optimizers import check_optimizer_spec
-from autotimm.schedulers import check_scheduler_spec
-
-__all__ = ["check_class_names", "check_class_weights", "check_classifier_arguments", "require_number"]
+__all__ = ["require_number"]
 
 
 def require_number(
@@ -39,91 +33,3 @@ def require_number(
     if not ok:
         accepted = f"in [{low:g}, {high:g})" if high is not None else f"{'>' if low_open else '>='} {low:g}"
         raise ValueError(f"`{name}` must be {'an int' if integer else 'a number'} {accepted}, got {value!r}")
-
-
-def check_class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str] | None:
-    """Return the names as strings, or raise if there are not ``num_classes`` of them.
-
-    Raises:
-        ValueError: For the wrong number of names.
-    """
-    if class_names is None:
-        return None
-    names = [str(c) for c in class_names]
-    if len(names) != num_classes:
-        raise ValueError(f"`class_names` has {len(names)} names for num_classes={num_classes}")
-    return names
-
-
-def check_class_weights(class_weights: Sequence[float] | None, num_classes: int) -> list[float] | None:
-    """Return the weights as floats, or raise unless they are ``num_classes`` numbers >= 0, not all 0.
-
-    A weight of 0 is allowed: ``ImageDataModule(class_weights="balanced")`` gives it
-    to a class without training images.
-
-    Raises:
-        ValueError: For the wrong number of weights, a negative one, or all zero.
-    """
-    if class_weights is None:
-        return None
-    weights = [float(w) for w in class_weights]
-    if len(weights) != num_classes or any(not w >= 0 for w in weights) or not any(w > 0 for w in weights):
-        raise ValueError(f"`class_weights` must be {num_classes} numbers >= 0, not all 0, got {list(class_weights)!r}")
-    return weights
-
-
-def check_classifier_arguments(
-    num_classes: Any,
-    lr: Any,
-    weight_decay: Any,
-    optimizer: Any,
-    optimizer_kwargs: Any,
-    scheduler: Any,
-    scheduler_kwargs: Any,
-    head_dropout: Any,
-    label_smoothing: Any,
-    mixup_alpha: Any,
-    cutmix_alpha: Any,
-) -> None:
-    """Validate [`ImageClassifier`][autotimm.ImageClassifier]'s scalar and name arguments at construction.
-
-    Raises:
-        ValueError: Naming the argument, the value and what is accepted.
-    """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
-            f"`num_classes` must be an int >= 2 (a softmax classifier needs two classes), got {num_classes!r}"
-        )
-    require_number("lr", lr, 0, low_open=True)
-    require_number("weight_decay", weight_decay, 0)
-    require_number("head_dropout", head_dropout, 0, 1)
-    require_number("label_smoothing", label_smoothing, 0, 1)
-    require_number("mixup_alpha", mixup_alpha, 0)
-    require_number("cutmix_alpha", cutmix_alpha, 0)
-    # Fail now, with the accepted values, rather than at fit time.
-    check_optimizer_spec(optimizer)
-    check_scheduler_spec(scheduler, scheduler_kwargs)
-    for name, value in (("optimizer_kwargs", optimizer_kwargs), ("scheduler_kwargs", scheduler_kwargs)):
-        if value is not None and not isinstance(value, dict):
-            raise ValueError(f"`{name}` must be a dict or None, got {value!r}")
-
-
-def plain_data(value: Any) -> Any:
-    """Numpy scalars and arrays inside dicts, lists and tuples as plain Python values.
-
-    Hyper-parameters are stored in checkpoints, which load with torch's
-    ``weights_only=True``; that refuses numpy objects.
-
-    Example:
-        >>> plain_data({"lr": np.float64(0.1), "mean": np.array([0.5, 0.5])})
-        {'lr': 0.1, 'mean': [0.5, 0.5]}
-    """
-    if isinstance(value, dict):
-        return {key: plain_data(item) for key, item in value.items()}
-    if isinstance(value, (list, tuple)):
-        return type(value)(plain_data(item) for item in value)
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, np.generic):
-        return value.item()
-    return value

@@ -4,7 +4,7 @@ Prints the time per call of three ways to get the global gradient norm of a
 resnet50, measured side by side in one run (these machines are noisy, so
 compare the ratios, not the absolute times):
 
-- ``fused``: ``autotimm.logging_config.total_norm`` (what ImageClassifier logs),
+- ``fused``: ``autotimm.training.diagnostics.total_norm`` (what ImageClassifier logs),
 - ``per-parameter .item()``: the norm of each gradient read back one by one,
   a device sync per parameter (the mistake of an earlier tool),
 - ``lightning grad_norm``: ``lightning.pytorch.utilities.grad_norm`` read back
@@ -23,7 +23,7 @@ import timm
 import torch
 from pytorch_lightning.utilities import grad_norm
 
-from autotimm.logging_config import total_norm
+from autotimm.training.diagnostics import total_norm
 
 
 def _time(fn, repeats: int) -> float:

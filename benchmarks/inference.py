@@ -37,8 +37,8 @@ from rich.table import Table
 
 from autotimm import BackboneConfig, ImageClassifier
 from autotimm.data import make_data_config
-from autotimm.exporting import export
-from autotimm.onnx_predictor import OnnxPredictor
+from autotimm.exporting.exporter import export
+from autotimm.prediction.onnx_predictor import OnnxPredictor
 
 SIZE = 224
 BATCH = 32

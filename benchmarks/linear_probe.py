@@ -63,8 +63,8 @@ from rich.console import Console
 from rich.table import Table
 
 from autotimm import AutoTrainer, BackboneConfig, ImageClassifier, ImageDataModule
-from autotimm.feature_cache import FeatureDataModule, compute_features
-from autotimm.synthetic import make_synthetic_dataset
+from autotimm.data.synthetic import make_synthetic_dataset
+from autotimm.training.feature_cache import FeatureDataModule, compute_features
 
 NUM_CLASSES = 10
 TARGET = 10.0

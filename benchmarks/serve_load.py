@@ -1,6 +1,6 @@
 """Load on the REST service: requests per second and p50/p95 latency of ``POST /predict``.
 
-Starts ``autotimm.service.run_server`` in a subprocess with a small model
+Starts ``autotimm.serving.app.run_server`` in a subprocess with a small model
 (random ``resnet18`` weights, 224x224 by default; speed does not depend on the
 weights), then sends ``--requests`` uploads of one 500x375 JPEG at each
 concurrency level from a pool of client threads, and prints, per level:
@@ -45,7 +45,7 @@ def _model_file(folder: Path, backbone: str, size: int, onnx: bool) -> Path:
     model.apply_data_info([f"class {i}" for i in range(10)], make_data_config(model.backbone, 3, size))
     if not onnx:
         return model.save(folder / "model.ckpt")
-    from autotimm.exporting import export
+    from autotimm.exporting.exporter import export
 
     return export(model, folder / "model.onnx", check_samples=2).path
 
@@ -58,7 +58,7 @@ def _free_port() -> int:
 
 def _start_server(path: Path, port: int, options: dict) -> subprocess.Popen:
     code = (
-        "from autotimm.service import run_server; "
+        "from autotimm.serving.app import run_server; "
         f"run_server({str(path)!r}, port={port}, log_level='warning', **{options!r})"
     )
     return subprocess.Popen([sys.executable, "-c", code])

@@ -84,7 +84,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from training_profile import instrument, profile
 
 from autotimm import AutoTrainer, BackboneConfig, ImageClassifier
-from autotimm.synthetic import make_synthetic_dataset
+from autotimm.data.synthetic import make_synthetic_dataset
 
 NUM_CLASSES = 10
 TARGET = 0.97

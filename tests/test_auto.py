@@ -25,7 +25,7 @@ from autotimm.auto.presets import PRESETS, choose_batch_size, choose_image_size,
 from autotimm.auto.search import import_optuna
 from autotimm.auto.timing import TimeModel
 from autotimm.cli import main
-from autotimm.labelled_data import resolve_labelled_data
+from autotimm.evaluation.labelled_data import resolve_labelled_data
 
 optuna = pytest.importorskip("optuna")
 
@@ -154,13 +154,6 @@ def test_time_model_learns_from_trials():
     assert probed.factor == pytest.approx(0.5) and probed.overhead == 1.0
     ddp = TimeModel({"net": 0.1}, batch_size=10, load_train=0.001, load_eval=0.001, world_size=2)
     assert ddp.epoch_seconds("net", 100, 50) < 0.6 * epoch
-
-
-def test_package_exports_match_all():
-    import autotimm.auto as auto
-
-    exported = sorted(name for names in auto._EXPORTS.values() for name in names)
-    assert exported == sorted(auto.__all__) and all(getattr(auto, name) is not None for name in exported)
 
 
 def test_tables_merge_and_subset(tmp_path):

@@ -14,7 +14,7 @@ import pytest
 
 from autotimm import ImageClassifier, ImageDataModule, load_builtin_dataset
 from autotimm.auto import EnsembleClassifier
-from autotimm.labelled_data import resolve_labelled_data
+from autotimm.evaluation.labelled_data import resolve_labelled_data
 
 pytest.importorskip("optuna")
 

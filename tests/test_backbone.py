@@ -1,4 +1,4 @@
-"""Tests for `autotimm.backbone`: config validation, creation, local and hub weights, discovery."""
+"""Tests for `autotimm.models.backbone`: config validation, creation, local and hub weights, discovery."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ from PIL import Image
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from autotimm import BackboneConfig, ImageClassifier, make_synthetic_dataset
-from autotimm.calibration import (
+from autotimm.evaluation.calibration import (
     TEMPERATURE_RANGE,
     CalibrationResult,
     calibrate_model,
@@ -19,9 +19,9 @@ from autotimm.calibration import (
     fit_temperature,
     negative_log_likelihood,
     reliability_bins,
-    reliability_diagram,
     softmax,
 )
+from autotimm.evaluation.plots import reliability_diagram
 
 # Tiny tensors: one torch thread is much faster than two contending ones.
 pytestmark = pytest.mark.usefixtures("single_thread")
@@ -239,7 +239,7 @@ def test_calibrate_rejects_multi_label_models():
 
 
 def test_fit_temperature_warns_at_the_end_of_its_range():
-    from autotimm.calibration import fit_temperature
+    from autotimm.evaluation.calibration import fit_temperature
 
     logits = np.array([[0.01, 0.0], [0.0, 0.01]])  # all right, by tiny margins: T wants to go to 0
     with pytest.warns(UserWarning, match="end of its range"):

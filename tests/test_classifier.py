@@ -12,7 +12,7 @@ from conftest import NUM_CLASSES, make_trainer
 from torch import nn
 
 from autotimm import BackboneConfig, ImageClassifier, LoggingConfig, MetricConfig, MetricManager, create_backbone
-from autotimm.mixing import mix_batch
+from autotimm.training.mixing import mix_batch
 
 RESNET = BackboneConfig("resnet18", pretrained=False)
 

@@ -9,7 +9,7 @@ from conftest import NUM_CLASSES, make_trainer
 from torch.utils.data import DataLoader, TensorDataset
 
 from autotimm import BackboneConfig, ImageClassifier, LoggingConfig, make_synthetic_dataset
-from autotimm.mixing import mix_batch
+from autotimm.training.mixing import mix_batch
 
 RESNET = BackboneConfig("resnet18", pretrained=False)
 DATA_CONFIG = {"input_size": (3, 32, 32), "mean": (0.5,) * 3, "std": (0.5,) * 3, "interpolation": "bilinear"}

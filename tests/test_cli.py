@@ -177,7 +177,7 @@ def test_train_passes_fine_tuning_options_to_the_model(run, workdir):
 
 
 def test_data_source_kinds(workdir, tmp_path):
-    from autotimm.cli.common import data_source
+    from autotimm.data.sources import data_source
 
     assert data_source(str(workdir / "shapes")) == {"data_dir": workdir / "shapes"}
     (tmp_path / "labels.csv").write_text("image,label\n")
@@ -282,7 +282,7 @@ def test_models_long_list_says_how_to_narrow(capsys):
 def test_serve_passes_its_options_to_the_service(run, monkeypatch):
     import inspect
 
-    service = pytest.importorskip("autotimm.service")
+    service = pytest.importorskip("autotimm.serving.app")
     calls = []
 
     def fake_run_server(model, host, port, log_level, **options):

@@ -42,7 +42,7 @@ def test_saved_evaluated_and_exported_with_the_model(model, images, tmp_path):
     report = evaluate(loaded, (images, [0, 1, 2, 0, 1, 2]), tmp_path / "report", verbose=False)
     assert report.tta == "flip"
     pytest.importorskip("onnxruntime")
-    from autotimm.onnx_predictor import OnnxPredictor
+    from autotimm.prediction.onnx_predictor import OnnxPredictor
 
     result = export(loaded, tmp_path / "m.onnx", onnx_exporter="legacy")
     predictor = OnnxPredictor(result.path)

@@ -1,4 +1,4 @@
-"""``make demo`` runs ``autotimm.demo.main``: it must train and report real metrics."""
+"""``make demo`` runs ``autotimm.cli.quickstart.main``: it must train and report real metrics."""
 
 from __future__ import annotations
 

@@ -13,12 +13,12 @@ from test_calibration import NAMES, synthetic_uint8, train_tiny_model
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from autotimm import BackboneConfig, ImageClassifier, ImageDataModule
-from autotimm.calibration import calibrate_model, softmax
-from autotimm.evaluation import EvaluationReport, evaluate
-from autotimm.inputs import collect_inputs
-from autotimm.labelled_data import resolve_labelled_data
-from autotimm.logging_config import confusion_matrix_figure
-from autotimm.preprocess import Preprocessor
+from autotimm.evaluation.calibration import calibrate_model, softmax
+from autotimm.evaluation.labelled_data import resolve_labelled_data
+from autotimm.evaluation.report import EvaluationReport, evaluate
+from autotimm.prediction.inputs import collect_inputs
+from autotimm.prediction.preprocess import Preprocessor
+from autotimm.training.diagnostics import confusion_matrix_figure
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 
@@ -290,8 +290,8 @@ def test_multi_label_classifier_is_rejected(tmp_path):
 
 def test_onnx_predictor_gives_the_same_report(trained, tmp_path):
     pytest.importorskip("onnxruntime")
-    from autotimm.exporting import export
-    from autotimm.onnx_predictor import OnnxPredictor
+    from autotimm.exporting.exporter import export
+    from autotimm.prediction.onnx_predictor import OnnxPredictor
 
     model, (images, labels) = trained
     model.temperature.fill_(1.5)

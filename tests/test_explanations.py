@@ -14,7 +14,7 @@ from PIL import Image
 
 from autotimm import BackboneConfig, ImageClassifier
 from autotimm.data import make_data_config
-from autotimm.explanations import Explanation, explain
+from autotimm.evaluation.explanations import Explanation, explain
 
 SIZE, PATCH = 64, 12
 AREA_SHARE = PATCH * PATCH / (SIZE * SIZE)

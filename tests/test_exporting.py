@@ -15,9 +15,9 @@ from torch import nn
 
 from autotimm import BackboneConfig, ImageClassifier
 from autotimm.data import make_data_config
-from autotimm.exporting import ExportParityError, ExportResult, export, read_metadata
-from autotimm.onnx_predictor import OnnxPredictor
-from autotimm.quantization import QuantizationReport
+from autotimm.exporting.exporter import ExportParityError, ExportResult, export, read_metadata
+from autotimm.exporting.quantization import QuantizationReport
+from autotimm.prediction.onnx_predictor import OnnxPredictor
 
 CLASSES = ["cat", "dog", "fox"]
 
@@ -108,7 +108,7 @@ def test_torchscript_export_with_backbone_data_config(vit, tmp_path):
 
 
 def test_auto_falls_back_to_dynamo(vit, tmp_path, monkeypatch):
-    import autotimm.exporting as exporting
+    import autotimm.exporting.exporter as exporting
 
     real = exporting._onnx_proto
 
@@ -130,7 +130,7 @@ def test_auto_falls_back_to_dynamo(vit, tmp_path, monkeypatch):
 
 
 def test_parity_failure_raises_and_writes_nothing(resnet, tmp_path, monkeypatch):
-    import autotimm.exporting as exporting
+    import autotimm.exporting.exporter as exporting
 
     real = exporting._onnx_runner
 
@@ -154,7 +154,7 @@ def test_parity_failure_raises_and_writes_nothing(resnet, tmp_path, monkeypatch)
 
 
 def test_torchscript_parity_failure(vit, tmp_path, monkeypatch):
-    import autotimm.exporting as exporting
+    import autotimm.exporting.exporter as exporting
 
     monkeypatch.setattr(exporting, "_torchscript_runner", lambda path: lambda batch: np.zeros((len(batch), 2)))
     with pytest.raises(ExportParityError, match="inf means a wrong output shape"):

@@ -12,9 +12,10 @@ import torch
 from conftest import make_trainer
 
 from autotimm import AutoTrainer, BackboneConfig, ImageClassifier, ImageDataModule, make_synthetic_dataset
-from autotimm.ema import EMA, ema_decay_at
-from autotimm.feature_cache import FeatureDataModule, FeatureDataset, compute_features
-from autotimm.finetuning import UnfreezeSchedule, backbone_layers, backbone_stages
+from autotimm.models.stages import backbone_layers, backbone_stages
+from autotimm.training.ema import EMA, ema_decay_at
+from autotimm.training.feature_cache import FeatureDataModule, FeatureDataset, compute_features
+from autotimm.training.unfreezing import UnfreezeSchedule
 
 RESNET = BackboneConfig("test_resnet", pretrained=False)
 

@@ -1,4 +1,4 @@
-"""Tests for `autotimm.head.ClassificationHead`."""
+"""Tests for `autotimm.models.head.ClassificationHead`."""
 
 from __future__ import annotations
 

@@ -9,7 +9,7 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from autotimm import BackboneConfig, ImageClassifier, LoggingConfig
-from autotimm.logging_config import confusion_matrix_figure, total_norm
+from autotimm.training.diagnostics import confusion_matrix_figure, total_norm
 
 CLASS_NAMES = ["ant", "bee", "cat", "dog"]
 EXTRA_TAGS = {"train/lr", "train/grad_norm", "train/weight_norm"}

@@ -16,9 +16,10 @@ from PIL import Image
 
 from autotimm import BackboneConfig, ImageClassifier
 from autotimm.data import make_data_config
-from autotimm.exporting import export
-from autotimm.onnx_predictor import OnnxPredictor, read_metadata
-from autotimm.quantization import quantize_onnx
+from autotimm.exporting.exporter import export
+from autotimm.exporting.quantization import quantize_onnx
+from autotimm.prediction.metadata import read_metadata
+from autotimm.prediction.onnx_predictor import OnnxPredictor
 
 CLASSES = ["cat", "dog", "fox", "owl"]
 ROOT = Path(__file__).resolve().parents[1]
@@ -186,8 +187,9 @@ def test_runs_without_torch(exported, images):
         for name in ("torch", "torchvision", "timm", "pytorch_lightning", "lightning", "torchmetrics"):
             sys.modules[name] = None  # any import of these now raises ImportError
         import numpy as np
-        from autotimm.onnx_predictor import OnnxPredictor, read_metadata
-        from autotimm.quantization import quantize_onnx
+        from autotimm.prediction.onnx_predictor import OnnxPredictor
+        from autotimm.prediction.metadata import read_metadata
+        from autotimm.exporting.quantization import quantize_onnx
 
         predictor = OnnxPredictor({str(path)!r})
         predictions = predictor.predict({str(images)!r}, top_k=2)

@@ -10,7 +10,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from autotimm import BackboneConfig, ImageClassifier, create_optimizer, list_optimizers, make_synthetic_dataset
-from autotimm.optimizers import get_optimizer
+from autotimm.optim.optimizers import get_optimizer
 from autotimm.registry import Registry, import_from_path
 
 TORCH_OPTIMIZERS = {

@@ -13,9 +13,9 @@ from torch.utils.data import DataLoader, TensorDataset
 
 from autotimm import BackboneConfig, ImageClassifier
 from autotimm.data import build_eval_transform, make_data_config
-from autotimm.inputs import ImageSource, collect_inputs
-from autotimm.prediction import decode
-from autotimm.preprocess import Preprocessor
+from autotimm.prediction.inputs import ImageSource, collect_inputs
+from autotimm.prediction.predict import decode
+from autotimm.prediction.preprocess import Preprocessor
 
 SIZE = 32
 CLASSES = ["cat", "dog", "fox", "owl"]
@@ -398,14 +398,3 @@ def test_predict_logits_checks_batch_size_and_tta(tiny):
         tiny.predict_logits(image, batch_size=0)
     with pytest.raises(ValueError, match="`tta` must be"):
         tiny.predict_logits(image, tta="sideways")
-
-
-def test_lazy_exports_match_all():
-    import autotimm
-    import autotimm.data
-
-    for package in (autotimm, autotimm.data):
-        exported = {name for names in package._EXPORTS.values() for name in names}
-        assert set(package.__all__) - {"__version__"} == exported
-        for name in exported:
-            assert getattr(package, name) is not None

@@ -22,7 +22,7 @@ from autotimm import (
     list_schedulers,
     make_synthetic_dataset,
 )
-from autotimm.schedulers import get_scheduler, step_scheduler
+from autotimm.optim.schedulers import get_scheduler, step_scheduler
 
 LR = 0.01
 STEPS_PER_EPOCH = 4

@@ -21,10 +21,10 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from autotimm import BackboneConfig, ImageClassifier
-from autotimm.batching import MicroBatcher
 from autotimm.data import make_data_config
-from autotimm.prediction import Prediction
-from autotimm.service import create_app, decode_upload, serve_in_thread
+from autotimm.prediction.predict import Prediction
+from autotimm.serving.app import create_app, decode_upload, serve_in_thread
+from autotimm.serving.batching import MicroBatcher
 
 CLASSES = ["tabby cat", "golden retriever", "red fox"]
 LIMIT = 64 * 1024  # max_upload_bytes of the test apps
@@ -219,7 +219,7 @@ def test_unexpected_errors_are_logged_not_leaked(flaky, caplog):
     assert health["model_type"] == "Flaky" and health["backbone"] is None and health["top_k"] == 3
     wrapper.fail = True
     try:
-        with caplog.at_level(logging.ERROR, logger="autotimm.service"):
+        with caplog.at_level(logging.ERROR, logger="autotimm.serving.app"):
             response = test_client.post("/predict", files={"file": ("a.png", png(8, size=(20, 20)), "image/png")})
     finally:
         wrapper.fail = False
@@ -237,7 +237,7 @@ def test_decode_upload_directly():
 # ------------------------------------------------------------------ loading and arguments
 @pytest.fixture(scope="module")
 def onnx_file(model, tmp_path_factory):
-    from autotimm.exporting import export
+    from autotimm.exporting.exporter import export
 
     path = tmp_path_factory.mktemp("service_onnx") / "pets.onnx"
     export(model, path, check_samples=2)
@@ -260,7 +260,7 @@ def test_onnx_service_runs_without_torch(onnx_file):
             sys.modules[name] = None  # any import of these now raises ImportError
         from fastapi.testclient import TestClient
         from PIL import Image
-        from autotimm.service import create_app
+        from autotimm.serving.app import create_app
 
         image = io.BytesIO()
         Image.new("RGB", (40, 30), (200, 90, 10)).save(image, format="PNG")

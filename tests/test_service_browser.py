@@ -55,7 +55,7 @@ def test_page_predicts_an_uploaded_image(tmp_path):
     from selenium.webdriver.support import expected_conditions as ec
     from selenium.webdriver.support.ui import WebDriverWait
 
-    from autotimm.service import create_app, serve_in_thread
+    from autotimm.serving.app import create_app, serve_in_thread
 
     model = build_model()
     checkpoint = model.save(tmp_path / "pets.ckpt")

@@ -22,8 +22,8 @@ from pytorch_lightning.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from autotimm import BackboneConfig, ImageClassifier, ImageDataModule, MetricConfig, make_synthetic_dataset
-from autotimm.trainer import AutoTrainer, TunerConfig, default_monitor
-from autotimm.tuning import LR_FINDER_PLOT_FILE, TUNING_RESULTS_FILE
+from autotimm.training.trainer import AutoTrainer, TunerConfig, default_monitor
+from autotimm.training.tuner import LR_FINDER_PLOT_FILE, TUNING_RESULTS_FILE
 
 pytestmark = pytest.mark.usefixtures("single_thread")
 

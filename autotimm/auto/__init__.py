@@ -10,20 +10,12 @@ from autotimm._lazy import lazy_exports
 
 if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load lazily
     from autotimm.auto.callbacks import OptunaPruning, TimeLimit
-    from autotimm.auto.ensemble import EnsembleClassifier
     from autotimm.auto.presets import PRESETS, Preset, SearchSpace, list_presets, parse_time_limit
     from autotimm.auto.results import AutoFitResult
     from autotimm.auto.search import auto_fit
+    from autotimm.classifier.ensemble import EnsembleClassifier
 
-_EXPORTS: dict[str, list[str]] = {
-    "autotimm.auto.callbacks": ["OptunaPruning", "TimeLimit"],
-    "autotimm.auto.ensemble": ["EnsembleClassifier"],
-    "autotimm.auto.presets": ["PRESETS", "Preset", "SearchSpace", "list_presets", "parse_time_limit"],
-    "autotimm.auto.results": ["AutoFitResult"],
-    "autotimm.auto.search": ["auto_fit"],
-}
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+__getattr__, __dir__ = lazy_exports(globals())
 
 __all__ = [
     "PRESETS",

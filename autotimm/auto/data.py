@@ -48,7 +48,7 @@ def resolve_data(data: Any, output_dir: Path, seed: int, dataset_root: str | Non
         ValueError: Data without a validation split, or multi-label data.
     """
     if isinstance(data, (str, os.PathLike)):
-        from autotimm.cli.common import data_source
+        from autotimm.data.sources import data_source
 
         source = data_source(os.fspath(data), "`data`")
         data = ImageDataModule(**source, dataset_root=dataset_root, seed=seed, output_dir=output_dir)

@@ -217,9 +217,9 @@ def _choose_tta(state: Any, model: Any, final: dict[str, Any], backbone: str) ->
 
 
 def _val_score(state: Any, ensemble: Any) -> float:
-    from autotimm.calibration import negative_log_likelihood
-    from autotimm.evaluation import classification_metrics
-    from autotimm.labelled_data import resolve_labelled_data
+    from autotimm.evaluation.calibration import negative_log_likelihood
+    from autotimm.evaluation.labelled_data import resolve_labelled_data
+    from autotimm.evaluation.report import classification_metrics
 
     tables = {"train": state.tables["train"], "val": state.search_tables["val"]}
     data = TrialDataModule.derive(state.data, state.settings.overlay, tables=tables)
@@ -233,8 +233,8 @@ def _val_score(state: Any, ensemble: Any) -> float:
 
 
 def _ensemble(state: Any, scored: list[dict[str, Any]], model: Any, final: dict[str, Any]) -> tuple[Any, dict]:
-    from autotimm.auto.ensemble import EnsembleClassifier
-    from autotimm.classifier import ImageClassifier
+    from autotimm.classifier.ensemble import EnsembleClassifier
+    from autotimm.classifier.module import ImageClassifier
 
     if state.ensemble < 2:
         return model, {"members": []}
@@ -260,7 +260,7 @@ def _ensemble(state: Any, scored: list[dict[str, Any]], model: Any, final: dict[
 def finish(state: Any, rows: list[dict[str, Any]], verbose: bool) -> AutoFitResult:
     """Final training, model files, ensemble, tables and summary; returns the result (on every rank)."""
     from autotimm.auto.planning import default_config
-    from autotimm.classifier import ImageClassifier
+    from autotimm.classifier.module import ImageClassifier
 
     scored = ranked(rows, state.settings.mode)
     if scored:

@@ -82,7 +82,7 @@ def prepare(
     limit: float,
 ) -> SearchState:
     """Resolve the data, fix the shared settings, measure the candidates and plan the budget."""
-    from autotimm.trainer import metric_mode
+    from autotimm.optim.schedulers import metric_mode
 
     seed = options["seed"]
     holder: dict[str, Any] = {}

@@ -79,7 +79,7 @@ class AutoFitResult:
     Args:
         model: The model to use: the best ``ImageClassifier`` (retrained when
             the final training was kept), or an
-            [`EnsembleClassifier`][autotimm.auto.ensemble.EnsembleClassifier]
+            [`EnsembleClassifier`][autotimm.classifier.ensemble.EnsembleClassifier]
             with ``ensemble`` >= 2.
         best_config: The best configuration: backbone, hyper-parameters,
             augmentation, epochs, image size and batch size.

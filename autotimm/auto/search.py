@@ -74,7 +74,7 @@ def _check_arguments(
     search_fraction: Any,
     trainer_kwargs: Any,
 ) -> None:
-    from autotimm.backbone import _check_model_name
+    from autotimm.models.backbone import check_model_name
 
     if not isinstance(metric, str) or not metric:
         raise ValueError(f"`metric` must be a validation metric name such as 'accuracy', got {metric!r}")
@@ -97,7 +97,7 @@ def _check_arguments(
         if isinstance(backbones, str) or not isinstance(backbones, Sequence) or not backbones:
             raise ValueError(f"`backbones` must be a non-empty list of timm model names or None, got {backbones!r}")
         for name in backbones:
-            _check_model_name(name)
+            check_model_name(name)
     if trainer_kwargs is not None and not isinstance(trainer_kwargs, dict):
         raise ValueError(f"`trainer_kwargs` must be a dict of Trainer arguments or None, got {trainer_kwargs!r}")
     reserved = sorted(set(trainer_kwargs or {}) & set(RESERVED_TRAINER_KEYS))

@@ -23,7 +23,7 @@ from typing import Any
 import torch
 from torch.nn import functional as F
 
-from autotimm.backbone import BackboneConfig, PretrainedWeightsUnavailableError
+from autotimm.models.backbone import BackboneConfig, PretrainedWeightsUnavailableError
 
 __all__ = [
     "MEASURE_BATCH",
@@ -134,7 +134,7 @@ def measure_steps(
     Raises:
         PretrainedWeightsUnavailableError: Pretrained weights were asked for and cannot be had.
     """
-    from autotimm.classifier import ImageClassifier
+    from autotimm.classifier.module import ImageClassifier
 
     timings: dict[str, float] = {}
     errors: dict[str, str] = {}

@@ -125,7 +125,7 @@ class TrialOutcome:
 
 
 def _build(spec: TrialSpec, settings: RunSettings) -> Any:
-    from autotimm.classifier import ImageClassifier
+    from autotimm.classifier.module import ImageClassifier
 
     config = backbone_config(spec.backbone, settings.in_chans, max(settings.image_size), settings.pretrained)
     if config.extra_kwargs:
@@ -169,7 +169,7 @@ def run_training(
     """
     from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
-    from autotimm.trainer import AutoTrainer
+    from autotimm.training.trainer import AutoTrainer
 
     start = time.monotonic()
     validate = "val" in tables

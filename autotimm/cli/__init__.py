@@ -68,7 +68,7 @@ def build_parser() -> tuple[CommandParser, dict[str, CommandParser]]:
     Returns:
         The top-level parser and each subcommand's parser by name.
     """
-    from autotimm import __version__
+    from autotimm._version import __version__
 
     parser = CommandParser(prog="autotimm", description=_DESCRIPTION, epilog=_EPILOG)
     parser.add_argument("--version", action="version", version=f"autotimm {__version__}")

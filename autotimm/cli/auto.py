@@ -97,17 +97,17 @@ METRICS = ("accuracy", "f1_macro", "top5_accuracy", "loss")
 
 
 def _trainer_kwargs(config: AutoConfig) -> dict[str, Any]:
-    from autotimm.cli.train import _check_precision, _devices
+    from autotimm.cli.options import check_precision, parse_devices
 
     kwargs: dict[str, Any] = {}
     if config.accelerator != "auto":
         kwargs["accelerator"] = config.accelerator
     if config.devices != "auto":
-        kwargs["devices"] = _devices(config.devices)
+        kwargs["devices"] = parse_devices(config.devices)
     if config.strategy != "auto":
         kwargs["strategy"] = config.strategy
     if config.precision is not None:
-        _check_precision(config.precision)
+        check_precision(config.precision)
         kwargs["precision"] = config.precision
     return kwargs
 
@@ -128,7 +128,8 @@ def run(config: AutoConfig) -> int:
         ImportError: Optuna is not installed.
     """
     from autotimm.auto.presets import get_preset, parse_time_limit
-    from autotimm.cli.common import data_source, write_config
+    from autotimm.cli.common import write_config
+    from autotimm.data.sources import data_source
 
     try:
         limit = parse_time_limit(config.time_limit, "--time-limit")

@@ -10,7 +10,6 @@ __all__ = [
     "MODEL_SUFFIXES",
     "builtin_names",
     "console",
-    "data_source",
     "labelled_datamodule",
     "load_predictor",
     "require_file",
@@ -53,37 +52,6 @@ def require_file(value: str, option: str, kinds: str = "") -> Path:
     return path
 
 
-def data_source(data: str, option: str = "--data") -> dict[str, Any]:
-    """The ``ImageDataModule`` source argument for DATA: a class folder, a CSV file or a built-in dataset name.
-
-    Args:
-        data: What was given.
-        option: How the argument is named in messages.
-
-    Returns:
-        ``{"data_dir": path}``, ``{"train_csv": path}`` or ``{"dataset": name}``.
-
-    Raises:
-        FileNotFoundError: Not an existing folder or CSV file, nor a built-in name (the message lists them).
-        ValueError: A file that is not a ``.csv``.
-    """
-    path = Path(data).expanduser()
-    if path.is_dir():
-        return {"data_dir": path}
-    if path.is_file():
-        if path.suffix.lower() != ".csv":
-            raise ValueError(
-                f"{option} {data!r} is a file but not a .csv; pass a class folder, a CSV file or a dataset name"
-            )
-        return {"train_csv": path}
-    names = builtin_names()
-    if data in names:
-        return {"dataset": data}
-    raise FileNotFoundError(
-        f"{option} {data!r} is not an existing folder or CSV file, nor a built-in dataset ({', '.join(names)})"
-    )
-
-
 def labelled_datamodule(
     data: str, split: str, val_split: float, test_split: float, seed: int, dataset_root: str | None
 ) -> tuple[Any, str]:
@@ -97,6 +65,7 @@ def labelled_datamodule(
         ValueError: ``split="all"`` on data that brings its own splits.
     """
     from autotimm.data.datamodule import ImageDataModule
+    from autotimm.data.sources import data_source
 
     whole = split == "all"
     datamodule = ImageDataModule(
@@ -132,14 +101,14 @@ def load_predictor(path: str, device: str = "auto") -> Any:
     file = require_file(path, "CKPT", "a .ckpt checkpoint or an .onnx export")
     suffix = file.suffix.lower()
     if suffix == ".onnx":
-        from autotimm.onnx_predictor import OnnxPredictor
+        from autotimm.prediction.onnx_predictor import OnnxPredictor
 
         return OnnxPredictor(file)
     if suffix != ".ckpt":
         raise ValueError(f"CKPT {path!r} must be a .ckpt checkpoint or an .onnx export, got a {suffix or 'bare'} file")
     import torch
 
-    from autotimm.classifier import ImageClassifier
+    from autotimm.classifier.module import ImageClassifier
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"

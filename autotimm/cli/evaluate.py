@@ -81,7 +81,8 @@ def run(config: EvaluateConfig) -> int:
     """
     from pathlib import Path
 
-    from autotimm.cli.common import console, data_source, labelled_datamodule, load_predictor, require_file
+    from autotimm.cli.common import console, labelled_datamodule, load_predictor, require_file
+    from autotimm.data.sources import data_source
 
     if config.val_split + config.test_split >= 1:
         raise UsageError(f"--val-split + --test-split must be < 1, got {config.val_split} + {config.test_split}")
@@ -90,7 +91,7 @@ def run(config: EvaluateConfig) -> int:
     run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
     output_dir = Path(config.output_dir) if config.output_dir else run_dir / f"eval-{config.split}"
 
-    from autotimm.evaluation import evaluate
+    from autotimm.evaluation.report import evaluate
 
     model = load_predictor(config.ckpt, config.device)
     datamodule, split = labelled_datamodule(

@@ -72,8 +72,8 @@ def run(config: ExportConfig) -> int:
         raise UsageError(f"--quantize needs --format onnx, got --format {config.format}")
     output = config.output or str(ckpt.with_suffix(_SUFFIXES[config.format]))
 
-    from autotimm.classifier import ImageClassifier
-    from autotimm.exporting import export
+    from autotimm.classifier.module import ImageClassifier
+    from autotimm.exporting.exporter import export
 
     model = ImageClassifier.load(ckpt)
     result = export(model, output, format=config.format, opset=config.opset, atol=config.atol, quantize=config.quantize)

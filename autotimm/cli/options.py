@@ -26,10 +26,12 @@ __all__ = [
     "UsageError",
     "add_dataclass_options",
     "check_numbers",
+    "check_precision",
     "normalize_argv",
     "number",
     "one_line",
     "optional_value",
+    "parse_devices",
     "positional",
 ]
 
@@ -265,3 +267,35 @@ def one_line(message: str, parser: ArgumentParser | None = None) -> str:
             expected = " or ".join(words) or "another value"
         return f"{option}: expected {expected}, got {value.group(1)!r}"
     return f"{option}: {' '.join(rest.split())}"
+
+
+def check_precision(precision: str) -> None:
+    """Check ``--precision`` against Lightning's accepted values (when Lightning still names them where we look).
+
+    Raises:
+        UsageError: A value Lightning does not accept, with the accepted ones.
+    """
+    try:
+        from lightning_fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
+    except ImportError:  # Lightning checks it when the trainer is built
+        return
+    accepted = [*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS)]
+    if accepted and precision not in accepted:
+        raise UsageError(f"--precision must be one of {', '.join(accepted)}; got {precision!r}")
+
+
+def parse_devices(value: str) -> Any:
+    """Lightning's ``devices`` from ``--devices``: ``"auto"``, an int count, or a list of indices from ``"0,1"``.
+
+    Raises:
+        UsageError: Anything else.
+    """
+    text = value.strip()
+    if text == "auto":
+        return text
+    try:
+        if "," in text:
+            return [int(part) for part in text.split(",") if part.strip()]
+        return int(text)
+    except ValueError:
+        raise UsageError(f"--devices must be auto, a count (1) or a list of indices (0,1), got {value!r}") from None

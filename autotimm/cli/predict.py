@@ -135,7 +135,7 @@ def run(config: PredictConfig) -> int:
     elif config.format == "csv":
         sys.stdout.write(format_csv(predictions))
     else:
-        from autotimm.labelled_data import is_multi_label
+        from autotimm.evaluation.labelled_data import is_multi_label
 
         _print_table(predictions, is_multi_label(model))
     return 0

@@ -1,4 +1,4 @@
-"""``autotimm serve``: a REST service and web page for a checkpoint or ONNX export (``autotimm.service``)."""
+"""``autotimm serve``: a REST service and web page for a checkpoint or ONNX export (``autotimm.serving.app``)."""
 
 from __future__ import annotations
 
@@ -70,7 +70,7 @@ def run(config: ServeConfig) -> int:
 
     path = require_file(config.ckpt, "CKPT", "a .ckpt checkpoint or an .onnx export")
     try:
-        from autotimm.service import load_model, run_server
+        from autotimm.serving.app import load_model, run_server
     except ImportError as err:
         raise ImportError(
             f'autotimm serve needs the service dependencies: pip install "autotimm[serve]" ({err})'

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import dataclasses
 import shlex
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
-from autotimm.cli.options import UsageError, number
+from autotimm.cli.options import UsageError, check_precision, number, parse_devices
 
 __all__ = ["CONFIG", "TrainConfig", "run"]
 
@@ -121,15 +119,15 @@ CONFIG = TrainConfig
 
 def _check_names(config: TrainConfig) -> None:
     """Fail on an unknown backbone, optimizer, scheduler or preset before reading any image."""
-    from autotimm.backbone import _check_model_name
     from autotimm.data.transforms import check_augmentation, list_augmentation_presets
-    from autotimm.optimizers import check_optimizer_spec
-    from autotimm.schedulers import check_scheduler_spec
+    from autotimm.models.backbone import check_model_name
+    from autotimm.optim.optimizers import check_optimizer_spec
+    from autotimm.optim.schedulers import check_scheduler_spec
 
     if config.val_split + config.test_split >= 1:
         raise UsageError(f"--val-split + --test-split must be < 1, got {config.val_split} + {config.test_split}")
     try:
-        _check_model_name(config.backbone)
+        check_model_name(config.backbone)
     except ValueError as err:  # point to the command line's search rather than the Python one
         library_hint = "Use autotimm.list_backbones('*pattern*') to search."
         message = str(err).replace(library_hint, "").rstrip()
@@ -141,31 +139,7 @@ def _check_names(config: TrainConfig) -> None:
     except ValueError as err:  # the library's message also offers custom transforms, which the CLI cannot take
         presets = ", ".join(list_augmentation_presets())
         raise ValueError(f"--augmentation must be one of {presets}; got {config.augmentation!r}") from err
-    _check_precision(config.precision)
-
-
-def _check_precision(precision: str) -> None:
-    """Check ``--precision`` against Lightning's accepted values (when Lightning still names them where we look)."""
-    try:
-        from lightning_fabric.connector import _PRECISION_INPUT_STR, _PRECISION_INPUT_STR_ALIAS
-    except ImportError:  # Lightning checks it when the trainer is built
-        return
-    accepted = [*typing.get_args(_PRECISION_INPUT_STR), *typing.get_args(_PRECISION_INPUT_STR_ALIAS)]
-    if accepted and precision not in accepted:
-        raise UsageError(f"--precision must be one of {', '.join(accepted)}; got {precision!r}")
-
-
-def _devices(value: str) -> Any:
-    """Lightning's ``devices``: ``"auto"``, an int count, or a list of indices from ``"0,1"``."""
-    text = value.strip()
-    if text == "auto":
-        return text
-    try:
-        if "," in text:
-            return [int(part) for part in text.split(",") if part.strip()]
-        return int(text)
-    except ValueError:
-        raise UsageError(f"--devices must be auto, a count (1) or a list of indices (0,1), got {value!r}") from None
+    check_precision(config.precision)
 
 
 def _evaluate_command(config: TrainConfig, best: str, splits: list[str]) -> str | None:
@@ -224,16 +198,17 @@ def run(config: TrainConfig) -> int:
             message lists the accepted names), or unusable data.
         FileNotFoundError: Missing data.
     """
-    from autotimm.cli.common import data_source, write_config
+    from autotimm.cli.common import write_config
+    from autotimm.data.sources import data_source
 
     source = data_source(config.data)
     _check_names(config)
-    devices = _devices(config.devices)
+    devices = parse_devices(config.devices)
 
-    from autotimm.backbone import BackboneConfig, PretrainedWeightsUnavailableError
-    from autotimm.classifier import ImageClassifier
+    from autotimm.classifier.module import ImageClassifier
     from autotimm.data.datamodule import ImageDataModule
-    from autotimm.trainer import AutoTrainer
+    from autotimm.models.backbone import BackboneConfig, PretrainedWeightsUnavailableError
+    from autotimm.training.trainer import AutoTrainer
 
     output_dir = Path(config.output_dir)
     datamodule = ImageDataModule(

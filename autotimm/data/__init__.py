@@ -17,6 +17,7 @@ if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load 
     from autotimm.data.sampling import balanced_class_weights, class_counts, sample_weights
     from autotimm.data.sources import SampleTable, SourceData, read_arrays, read_builtin, read_folder
     from autotimm.data.splits import SPLIT_FILE_NAME, resolve_splits, stratified_split
+    from autotimm.data.synthetic import make_synthetic_dataset
     from autotimm.data.transforms import (
         AUGMENTATION_PRESETS,
         build_eval_transform,
@@ -25,26 +26,7 @@ if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load 
         make_data_config,
     )
 
-_EXPORTS: dict[str, list[str]] = {
-    "autotimm.data.builtin": ["list_builtin_datasets", "load_builtin_dataset"],
-    "autotimm.data.csv_source": ["read_csv_files"],
-    "autotimm.data.datamodule": ["ImageDataModule"],
-    "autotimm.data.dataset": ["ImageDataset"],
-    "autotimm.data.images": ["IMAGE_EXTENSIONS", "array_to_image", "check_images", "load_image"],
-    "autotimm.data.loaders": ["default_num_workers", "make_loader"],
-    "autotimm.data.sampling": ["balanced_class_weights", "class_counts", "sample_weights"],
-    "autotimm.data.sources": ["SampleTable", "SourceData", "read_arrays", "read_builtin", "read_folder"],
-    "autotimm.data.splits": ["SPLIT_FILE_NAME", "resolve_splits", "stratified_split"],
-    "autotimm.data.transforms": [
-        "AUGMENTATION_PRESETS",
-        "build_eval_transform",
-        "build_train_transform",
-        "list_augmentation_presets",
-        "make_data_config",
-    ],
-}
-
-__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS, globals())
+__getattr__, __dir__ = lazy_exports(globals())
 
 __all__ = [
     "AUGMENTATION_PRESETS",
@@ -67,6 +49,7 @@ __all__ = [
     "load_image",
     "make_data_config",
     "make_loader",
+    "make_synthetic_dataset",
     "read_arrays",
     "read_builtin",
     "read_csv_files",

@@ -22,6 +22,7 @@ from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, check_images,
 __all__ = [
     "SampleTable",
     "SourceData",
+    "data_source",
     "drop_bad_images",
     "read_arrays",
     "read_builtin",
@@ -334,3 +335,36 @@ def drop_bad_images(source: SourceData, skip_bad_images: bool = False) -> Source
     if not splits["train"].items:
         raise ValueError(f"No readable training images in {source.description}")
     return SourceData(splits, source.class_names, source.multi_label, source.description)
+
+
+def data_source(data: str, option: str = "--data") -> dict[str, Any]:
+    """The ``ImageDataModule`` source argument for DATA: a class folder, a CSV file or a built-in dataset name.
+
+    Args:
+        data: What was given.
+        option: How the argument is named in messages.
+
+    Returns:
+        ``{"data_dir": path}``, ``{"train_csv": path}`` or ``{"dataset": name}``.
+
+    Raises:
+        FileNotFoundError: Not an existing folder or CSV file, nor a built-in name (the message lists them).
+        ValueError: A file that is not a ``.csv``.
+    """
+    path = Path(data).expanduser()
+    if path.is_dir():
+        return {"data_dir": path}
+    if path.is_file():
+        if path.suffix.lower() != ".csv":
+            raise ValueError(
+                f"{option} {data!r} is a file but not a .csv; pass a class folder, a CSV file or a dataset name"
+            )
+        return {"train_csv": path}
+    from autotimm.data.builtin import list_builtin_datasets
+
+    names = list_builtin_datasets()
+    if data in names:
+        return {"dataset": data}
+    raise FileNotFoundError(
+        f"{option} {data!r} is not an existing folder or CSV file, nor a built-in dataset ({', '.join(names)})"
+    )

@@ -1,0 +1,400 @@
+"""``ImageClassifier``: a timm backbone plus a classification head, as a LightningModule."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import pytorch_lightning as pl
+import torch
+from torch import nn
+from torch.nn import functional as F
+from torchmetrics.classification import MulticlassConfusionMatrix
+
+from autotimm.classifier.arguments import check_class_names, check_class_weights, check_classifier_arguments, plain_data
+from autotimm.classifier.finetuning import FineTuningMixin, check_finetuning_arguments
+from autotimm.classifier.predictor import InferenceMixin
+from autotimm.models.backbone import BackboneConfig, as_backbone_config, create_backbone
+from autotimm.models.head import ClassificationHead
+from autotimm.optim.optimizers import OptimizerSpec, create_optimizer
+from autotimm.optim.schedulers import LinearWarmup, SchedulerSpec, create_scheduler, step_scheduler
+from autotimm.prediction.preprocess import check_tta
+from autotimm.training.diagnostics import LoggingConfig, confusion_matrix_figure, log_figure, total_norm
+from autotimm.training.metrics import MetricConfig, MetricManager, as_metric_configs
+from autotimm.training.mixing import mix_batch
+
+__all__ = ["ImageClassifier"]
+
+
+class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
+    """End-to-end image classifier: a headless timm backbone and a `ClassificationHead`.
+
+    Args:
+        backbone: A timm model name or a [`BackboneConfig`][autotimm.BackboneConfig]. A bare
+            name downloads pretrained weights; pass
+            ``BackboneConfig(name, pretrained=False)`` offline.
+        num_classes: Number of target classes (>= 2).
+        metrics: A [`MetricManager`][autotimm.MetricManager] or a list of
+            [`MetricConfig`][autotimm.MetricConfig]. ``None`` means accuracy, top-5
+            accuracy (more than five classes) and macro F1.
+        logging_config: Extra diagnostics to log; see [`LoggingConfig`][autotimm.LoggingConfig].
+        lr: Learning rate (> 0).
+        weight_decay: Weight decay (>= 0), never applied to biases and norms.
+        optimizer: A name from [`list_optimizers`][autotimm.list_optimizers] or
+            ``{"class": "torch.optim.AdamW", "params": {...}}``.
+        optimizer_kwargs: Extra optimizer arguments.
+        scheduler: A name from [`list_schedulers`][autotimm.list_schedulers], ``None``, or
+            ``{"class": "...", "params": {...}}``.
+        scheduler_kwargs: Extra scheduler arguments, plus ``warmup_epochs`` or
+            ``warmup_steps`` for a linear warm-up.
+        head_dropout: Dropout before the linear head, in ``[0, 1)``.
+        label_smoothing: Label smoothing of the cross-entropy loss, in ``[0, 1)``.
+        freeze_backbone: Linear probe: the backbone gets no gradients, is not
+            optimized, and its BatchNorm statistics stay fixed.
+        mixup_alpha: Mixup's Beta(alpha, alpha) parameter in training; 0 disables.
+        class_names: Names of the classes, in label order; defaults to
+            ``"0" … "num_classes-1"``.
+        cutmix_alpha: CutMix's Beta(alpha, alpha) parameter in training; 0
+            disables. With ``mixup_alpha`` too, each batch uses one of the two.
+        multi_label: Multi-label classification: targets are multi-hot
+            ``(N, num_classes)``, the loss is binary cross-entropy, predictions
+            are per-class sigmoid probabilities and the default metrics are
+            multi-label ones.
+        class_weights: Per-class loss weights (``num_classes`` numbers >= 0, not all 0),
+            e.g. from a data module with ``class_weights="balanced"``.
+        data_config: The preprocessing the model expects (timm's data config:
+            input size, mean, std, interpolation, crop fraction), stored with
+            the checkpoint; see [`apply_data_info`][autotimm.ImageClassifier.apply_data_info].
+        layer_decay: Layer-wise learning-rate decay in ``(0, 1]``: the head learns
+            at ``lr``, the backbone's top layer at ``lr * layer_decay``, the next
+            at ``lr * layer_decay**2``, … (timm's layers; see
+            [`parameter_groups`][autotimm.classifier.finetuning.parameter_groups]).
+        unfreeze_schedule: Progressive unfreezing, ``{epoch: stages}``: from each
+            epoch on, that many backbone stages (from the top) or ``"all"``
+            train; before the first epoch listed only the head does. See
+            [`UnfreezeSchedule`][autotimm.classifier.finetuning.UnfreezeSchedule].
+        ema_decay: Keep an exponential moving average of the weights with this
+            decay in ``(0, 1)``; it is validated and saved (see [`EMA`][autotimm.EMA]).
+        cache_features: With ``freeze_backbone=True``: `AutoTrainer.fit` computes
+            the backbone's features once (evaluation transform) and trains the
+            head on them (see [`FeatureDataModule`][autotimm.FeatureDataModule]).
+        channels_last: Run convolutions in channels-last memory format (faster
+            for CNNs on recent CPUs and GPUs).
+        tta: The default test-time augmentation of ``predict``, ``predict_logits``
+            and ``evaluate`` (one of [`TTA_MODES`][autotimm.prediction.preprocess.TTA_MODES];
+            ``True`` is ``"flip"``). Saved with the model and in exported files;
+            ``auto_fit`` sets ``"flip"`` when it raises the validation score.
+
+    Raises:
+        ValueError: For any argument out of range or an unknown name; the
+            message names the argument, the value and what is accepted.
+
+    A trained model is used through [`load`][autotimm.ImageClassifier.load],
+    [`predict`][autotimm.ImageClassifier.predict],
+    [`calibrate`][autotimm.ImageClassifier.calibrate] and
+    [`save`][autotimm.ImageClassifier.save] (from ``autotimm.classifier.predictor``).
+
+    Example:
+        >>> from autotimm import BackboneConfig, ImageClassifier
+        >>> model = ImageClassifier(BackboneConfig("resnet18", pretrained=False), num_classes=3)
+        >>> model(torch.zeros(2, 3, 64, 64)).shape
+        torch.Size([2, 3])
+    """
+
+    def __init__(
+        self,
+        backbone: str | BackboneConfig | dict[str, Any],
+        num_classes: int,
+        metrics: MetricManager | Sequence[MetricConfig] | None = None,
+        logging_config: LoggingConfig | dict[str, bool] | None = None,
+        lr: float = 1e-3,
+        weight_decay: float = 1e-4,
+        optimizer: OptimizerSpec = "adamw",
+        optimizer_kwargs: dict[str, Any] | None = None,
+        scheduler: SchedulerSpec = "cosine",
+        scheduler_kwargs: dict[str, Any] | None = None,
+        head_dropout: float = 0.0,
+        label_smoothing: float = 0.0,
+        freeze_backbone: bool = False,
+        mixup_alpha: float = 0.0,
+        class_names: Sequence[str] | None = None,
+        cutmix_alpha: float = 0.0,
+        multi_label: bool = False,
+        class_weights: Sequence[float] | None = None,
+        data_config: dict[str, Any] | None = None,
+        layer_decay: float | None = None,
+        unfreeze_schedule: dict[int, int | str] | None = None,
+        ema_decay: float | None = None,
+        cache_features: bool = False,
+        channels_last: bool = False,
+        tta: bool | str = False,
+    ) -> None:
+        super().__init__()
+        check_classifier_arguments(
+            num_classes=num_classes,
+            lr=lr,
+            weight_decay=weight_decay,
+            optimizer=optimizer,
+            optimizer_kwargs=optimizer_kwargs,
+            scheduler=scheduler,
+            scheduler_kwargs=scheduler_kwargs,
+            head_dropout=head_dropout,
+            label_smoothing=label_smoothing,
+            mixup_alpha=mixup_alpha,
+            cutmix_alpha=cutmix_alpha,
+        )
+        self._unfreeze = check_finetuning_arguments(
+            freeze_backbone, layer_decay, unfreeze_schedule, ema_decay, cache_features, channels_last, mixup_alpha,
+            cutmix_alpha,
+        )  # fmt: skip
+        class_names = check_class_names(class_names, num_classes)
+        tta = check_tta(tta)
+        class_weights = check_class_weights(class_weights, num_classes)
+
+        if isinstance(metrics, MetricManager) and metrics.num_classes != num_classes:
+            raise ValueError(f"`metrics` was built for {metrics.num_classes} classes, but num_classes={num_classes}")
+        backbone_cfg = as_backbone_config(backbone)
+        metric_configs = as_metric_configs(metrics, num_classes, multi_label)
+        if isinstance(logging_config, dict):
+            logging_config = LoggingConfig(**logging_config)
+        self.logging_config = logging_config or LoggingConfig()
+        if multi_label and self.logging_config.log_confusion_matrix:
+            raise ValueError("`logging_config.log_confusion_matrix` is for single-label models, not multi_label=True")
+
+        # Saved as plain data so checkpoints load with torch's weights_only=True;
+        # the weights live in the state dict, so loading never reaches the hub.
+        saved_backbone = {**backbone_cfg.to_dict(), "pretrained": False, "checkpoint_path": None}
+        self.save_hyperparameters(
+            plain_data(
+                {
+                    "backbone": saved_backbone,
+                    "num_classes": num_classes,
+                    "metrics": [cfg.to_dict() for cfg in metric_configs],
+                    "logging_config": self.logging_config.to_dict(),
+                    "lr": lr,
+                    "weight_decay": weight_decay,
+                    "optimizer": optimizer,
+                    "optimizer_kwargs": optimizer_kwargs,
+                    "scheduler": scheduler,
+                    "scheduler_kwargs": scheduler_kwargs,
+                    "head_dropout": head_dropout,
+                    "label_smoothing": label_smoothing,
+                    "freeze_backbone": freeze_backbone,
+                    "mixup_alpha": mixup_alpha,
+                    "class_names": class_names,
+                    "cutmix_alpha": cutmix_alpha,
+                    "multi_label": multi_label,
+                    "class_weights": class_weights,
+                    "data_config": data_config,
+                    "layer_decay": layer_decay,
+                    "unfreeze_schedule": self._unfreeze and self._unfreeze.to_dict(),
+                    "ema_decay": ema_decay,
+                    "cache_features": cache_features,
+                    "channels_last": channels_last,
+                    "tta": tta,
+                }
+            )
+        )
+        self.class_names: list[str] = class_names or [str(i) for i in range(num_classes)]
+
+        self.backbone = create_backbone(backbone_cfg)
+        # Headless MobileNetV3/LCNet/GhostNet keep a conv head: their pooled output is head_hidden_size wide.
+        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        self.head = ClassificationHead(width, num_classes, dropout=head_dropout)
+        self.criterion = self._make_criterion()
+        self.metrics = MetricManager(metric_configs, num_classes, multi_label)  # fresh, never shared
+        if self.logging_config.log_confusion_matrix:
+            self.val_confusion_matrix = MulticlassConfusionMatrix(num_classes=num_classes)
+        self.val_confusion_matrix_values: torch.Tensor | None = None
+        # Temperature scaling (set by `calibrate`): predictions use softmax(logits / temperature).
+        self.register_buffer("temperature", torch.ones(()))
+        self._warmup: LinearWarmup | None = None
+        self._own_schedulers: list[Any] = []
+        if freeze_backbone:
+            # Eval mode is set in on_train_start: Lightning keeps each module's mode
+            # and warns about modules already in eval mode when fit starts.
+            self.backbone.requires_grad_(False)
+        if self._unfreeze is not None:
+            self._unfreeze.apply(self, epoch=0, norms=False)  # norm modes are set when training starts
+        if channels_last:
+            self.to(memory_format=torch.channels_last)
+        # FSDP flattens parameters to 1-d before configure_optimizers: weight decay goes by these shapes.
+        self._param_ndims = {name: p.ndim for name, p in self.named_parameters()}
+
+    # ------------------------------------------------------------------ model
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Return logits ``(N, num_classes)`` for images ``(N, C, H, W)``."""
+        if self.hparams.channels_last and x.ndim == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.head(self.backbone(x))
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        # Cached backbone features (cache_features=True, see FeatureDataModule) arrive as (N, num_features).
+        return self.head(x) if x.ndim == 2 and self.hparams.cache_features else self(x)
+
+    # ------------------------------------------------------------------ steps
+    def _make_criterion(self) -> nn.Module:
+        """The training loss. Validation and test losses are unweighted, unsmoothed (as in timm's train.py)."""
+        weight = None if self.hparams.class_weights is None else torch.tensor(self.hparams.class_weights)
+        if self.hparams.multi_label:  # label smoothing is applied to the targets in training_step
+            return nn.BCEWithLogitsLoss(weight=weight)
+        return nn.CrossEntropyLoss(weight=weight, label_smoothing=self.hparams.label_smoothing)
+
+    def _eval_loss(self, logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        if self.hparams.multi_label:
+            return F.binary_cross_entropy_with_logits(logits, y.float())
+        return F.cross_entropy(logits, y)
+
+    # Metrics are updated every step and logged as values: once per epoch (and per step only when asked).
+    # Logging the Metric object itself every step costs Lightning ~1 ms per metric per step (it moves the
+    # metric's states to the device each time): a third of a cached linear probe's head epoch.
+    def _log_metrics(self, stage: str, logits: torch.Tensor, target: torch.Tensor) -> None:
+        for key, value, prog_bar in self.metrics.step_values(stage, logits, target):
+            self.log(key, value, on_step=True, on_epoch=False, prog_bar=prog_bar)
+
+    def _log_epoch_metrics(self, stage: str) -> None:
+        for key, value, prog_bar in self.metrics.epoch_values(stage):
+            self.log(key, value, on_step=False, on_epoch=True, prog_bar=prog_bar)
+
+    def _evaluate(self, batch: Sequence[torch.Tensor], stage: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        x, y = batch[0], batch[1]
+        logits = self._logits(x)
+        loss = self._eval_loss(logits, y)
+        self.log(f"{stage}/loss", loss, on_epoch=True, prog_bar=True, batch_size=len(x), sync_dist=True)
+        self._log_metrics(stage, logits, y.long() if self.hparams.multi_label else y)
+        return loss, logits, y
+
+    def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One training step on ``(images, labels)``; returns the loss.
+
+        Logs ``train/loss``, the train metrics and, when asked, ``train/lr``.
+        With ``mixup_alpha`` or ``cutmix_alpha`` > 0 images and targets are mixed first.
+        """
+        hp = self.hparams
+        x, target = batch[0], batch[1]
+        if hp.mixup_alpha > 0 or hp.cutmix_alpha > 0:
+            x, target = mix_batch(
+                x, target, hp.num_classes, hp.mixup_alpha, hp.cutmix_alpha, multi_label=hp.multi_label
+            )
+        if hp.multi_label:
+            target = target.float() * (1 - hp.label_smoothing) + 0.5 * hp.label_smoothing
+        logits = self._logits(x)
+        loss = self.criterion(logits, target)
+        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
+        if hp.multi_label:
+            hard = (target >= 0.5).long()
+        else:
+            hard = target.argmax(1) if target.ndim == 2 else target
+        self._log_metrics("train", logits, hard)
+        if self.logging_config.log_learning_rate and self._trainer is not None:
+            self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
+        return loss
+
+    def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One validation step; logs ``val/loss`` and the val metrics."""
+        loss, logits, y = self._evaluate(batch, "val")
+        if self.logging_config.log_confusion_matrix:
+            self.val_confusion_matrix.update(logits, y)
+        return loss
+
+    def test_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
+        """One test step; logs ``test/loss`` and the test metrics."""
+        return self._evaluate(batch, "test")[0]
+
+    def predict_step(self, batch: Any, batch_idx: int, dataloader_idx: int = 0) -> torch.Tensor:
+        """Return probabilities ``(N, num_classes)``; ``batch`` is images or ``(images, ...)``.
+
+        Logits are divided by the fitted `temperature` (1 until `calibrate`), then softmax over
+        classes, or a sigmoid per class for multi-label models.
+        """
+        x = batch[0] if isinstance(batch, (list, tuple)) else batch
+        logits = self(x) / self.temperature
+        return logits.sigmoid() if self.hparams.multi_label else logits.softmax(dim=1)
+
+    # ------------------------------------------------------------------ hooks
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Log ``train/grad_norm`` and ``train/weight_norm`` when asked (one fused norm each)."""
+        params = [p for group in optimizer.param_groups for p in group["params"]]
+        if self.logging_config.log_gradient_norm:
+            self.log("train/grad_norm", total_norm(p.grad for p in params if p.grad is not None), on_step=True)
+        if self.logging_config.log_weight_norm:
+            self.log("train/weight_norm", total_norm(params), on_step=True)
+
+    def on_validation_epoch_start(self) -> None:
+        """Start a fresh confusion matrix (reset here, in the loop's own grad mode)."""
+        if self.logging_config.log_confusion_matrix:
+            self.val_confusion_matrix.reset()
+
+    def on_train_epoch_end(self) -> None:
+        """Log the epoch's train metrics."""
+        self._log_epoch_metrics("train")
+
+    def on_test_epoch_end(self) -> None:
+        """Log the test metrics."""
+        self._log_epoch_metrics("test")
+
+    def on_validation_epoch_end(self) -> None:
+        """Log the val metrics, and the confusion-matrix figure as ``val/confusion_matrix`` when asked."""
+        self._log_epoch_metrics("val")
+        if not self.logging_config.log_confusion_matrix:
+            return
+        matrix = self.val_confusion_matrix.compute()
+        if self.trainer.sanity_checking:
+            return
+        self.val_confusion_matrix_values = matrix.cpu()
+        loggers = self.trainer.loggers
+        if loggers and self.trainer.is_global_zero:  # compute() above is collective; drawing is rank 0's
+            log_figure(
+                loggers, "val/confusion_matrix", confusion_matrix_figure(matrix, self.class_names), self.global_step
+            )
+
+    # ------------------------------------------------------------- optimizers
+    def _training_length(self) -> tuple[float | None, int | None]:
+        if self._trainer is None:
+            return None, None
+        total = self.trainer.estimated_stepping_batches
+        batches = self.trainer.num_training_batches
+        per_epoch = math.ceil(batches / self.trainer.accumulate_grad_batches) if math.isfinite(batches) else None
+        return total, per_epoch
+
+    def configure_optimizers(self) -> Any:
+        """Build the optimizer (no weight decay on biases and norms) and its schedulers.
+
+        Only trainable parameters are optimized, so a frozen backbone is left
+        out. Per-step schedules span ``trainer.estimated_stepping_batches``.
+        """
+        no_decay = getattr(self.backbone, "no_weight_decay", lambda: set())()
+        optimizer = create_optimizer(
+            self,
+            self.hparams.optimizer,
+            lr=self.hparams.lr,
+            weight_decay=self.hparams.weight_decay,
+            optimizer_kwargs=self.hparams.optimizer_kwargs,
+            no_weight_decay=[f"backbone.{name}" for name in no_decay],
+            layer_decay=self.hparams.layer_decay,
+            include_frozen=self._unfreeze is not None,
+            ndims=self._param_ndims,
+        )
+        total, per_epoch = self._training_length()
+        configs = create_scheduler(
+            optimizer,
+            self.hparams.scheduler,
+            self.hparams.scheduler_kwargs,
+            total_steps=total,
+            steps_per_epoch=per_epoch,
+        )
+        self._warmup = next((c["scheduler"] for c in configs if isinstance(c["scheduler"], LinearWarmup)), None)
+        self._own_schedulers = [c["scheduler"] for c in configs]
+        return ([optimizer], configs) if configs else optimizer
+
+    def lr_scheduler_step(self, scheduler: Any, metric: Any | None) -> None:
+        """Step torch, timm and warm-up schedulers alike.
+
+        See [`step_scheduler`][autotimm.optim.schedulers.step_scheduler].
+        """
+        if not any(scheduler is own for own in self._own_schedulers):
+            # e.g. the LR finder's own sweep, which swaps in a torch scheduler of its own
+            super().lr_scheduler_step(scheduler, metric)
+            return
+        step_scheduler(scheduler, metric, self.trainer.global_step, self.current_epoch, self._warmup)

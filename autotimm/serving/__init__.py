@@ -1,0 +1,17 @@
+"""Serving: the REST service (FastAPI) with micro-batching and its web page."""
+
+from typing import TYPE_CHECKING
+
+from autotimm._lazy import lazy_exports
+
+if TYPE_CHECKING:  # the public names, for type checkers and the API docs; at run time they load lazily
+    from autotimm.serving.app import create_app, load_model, run_server, serve_in_thread
+
+__getattr__, __dir__ = lazy_exports(globals())
+
+__all__ = [
+    "create_app",
+    "load_model",
+    "run_server",
+    "serve_in_thread",
+]

@@ -1,0 +1,400 @@
+"""A REST service and a web page for a trained classifier (FastAPI + uvicorn: ``pip install "autotimm[serve]"``).
+
+[`create_app`][autotimm.serving.app.create_app] builds the app; [`run_server`][autotimm.serving.app.run_server]
+serves it (``autotimm serve model.ckpt`` does that). Endpoints: ``POST /predict``, ``POST /predict/batch``,
+``GET /health``, ``GET /labels``, the OpenAPI docs at ``/docs`` and a page at ``/``. See the serving guide.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import copy
+import logging
+import os
+import socket
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+from PIL import Image
+
+try:
+    from fastapi import FastAPI, File, HTTPException, Query, UploadFile
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse
+    from starlette.concurrency import run_in_threadpool
+except ImportError as _err:  # pragma: no cover - depends on the installation
+    raise ImportError('The REST service needs FastAPI: pip install "autotimm[serve]"') from _err
+
+from autotimm.prediction.predict import Prediction
+from autotimm.serving.batching import MicroBatcher
+from autotimm.serving.http import (
+    HealthResponse,
+    LabelsResponse,
+    PredictResponse,
+    RequestGuard,
+    decode_upload,
+    error_responses,
+    format_bytes,
+    validation_error,
+)
+
+__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "create_app", "load_model", "run_server", "serve_in_thread"]
+
+logger = logging.getLogger(__name__)
+
+#: The default upload limit per image: 5 MiB.
+DEFAULT_MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+#: Room for multipart headers and boundaries on top of the images in a request body.
+_MULTIPART_OVERHEAD = 64 * 1024
+_PAGE = Path(__file__).with_name("web") / "index.html"
+_MODEL_KINDS = "a .ckpt checkpoint, an .onnx file from autotimm.export, or a loaded model with predict and class_names"
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
+    return value
+
+
+def _check_model_argument(model: Any) -> None:
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if path.suffix.lower() not in (".ckpt", ".onnx"):
+            raise ValueError(f"`model` must be {_MODEL_KINDS}; got the file {os.fspath(model)!r}")
+        if not path.is_file():
+            raise FileNotFoundError(f"Model file not found: {os.fspath(model)!r}")
+    elif not (callable(getattr(model, "predict", None)) and hasattr(model, "class_names")):
+        raise TypeError(f"`model` must be {_MODEL_KINDS}; got a {type(model).__name__}")
+
+
+def load_model(model: Any, device: str = "cpu") -> Any:
+    """Load the model a service runs: a checkpoint, an ONNX file, or a model already loaded.
+
+    Args:
+        model: A ``.ckpt`` path ([`ImageClassifier.load`][autotimm.ImageClassifier.load]), an
+            ``.onnx`` path ([`OnnxPredictor`][autotimm.prediction.onnx_predictor.OnnxPredictor]; no torch needed),
+            or an object with ``predict`` and ``class_names`` (returned as is).
+        device: Where a checkpoint's weights go (``"cpu"``, ``"cuda"``); ONNX uses CUDA when available.
+
+    Returns:
+        A model with ``predict(images, top_k=...)`` and ``class_names``.
+
+    Raises:
+        FileNotFoundError: No such file.
+        ValueError: A file that is neither ``.ckpt`` nor ``.onnx``.
+        TypeError: Another kind of object.
+    """
+    _check_model_argument(model)
+    if not isinstance(model, (str, os.PathLike)):
+        return model
+    if Path(model).suffix.lower() == ".onnx":
+        from autotimm.prediction.onnx_predictor import OnnxPredictor
+
+        return OnnxPredictor(model)
+    from autotimm.classifier.module import ImageClassifier
+
+    return ImageClassifier.load(model, map_location=device)
+
+
+def _describe(model: Any, name: str) -> dict[str, Any]:
+    """Name, type, backbone, classes and input size of a loaded model."""
+    hparams = getattr(model, "hparams", None)
+    if isinstance(hparams, dict):
+        multi_label = bool(hparams.get("multi_label", False))
+        backbone = hparams.get("backbone")
+        backbone = backbone.get("model_name") if isinstance(backbone, dict) else backbone
+    else:
+        multi_label = bool(getattr(model, "multi_label", False))
+        backbone = (getattr(model, "metadata", None) or {}).get("backbone")
+    preprocessor = getattr(model, "preprocessor", None)
+    input_size = [int(v) for v in preprocessor.input_size] if preprocessor is not None else None
+    return {
+        "model": name,
+        "model_type": type(model).__name__,
+        "backbone": None if backbone is None else str(backbone),
+        "class_names": [str(c) for c in model.class_names],
+        "multi_label": multi_label,
+        "input_size": input_size,
+    }
+
+
+class _Service:
+    """The loaded model, its batcher and the limits; shared by the routes."""
+
+    def __init__(self, model: Any, device: str, top_k: int, options: dict[str, Any]) -> None:
+        self.source = model
+        self.device = device
+        self.default_top_k = top_k
+        self.max_upload_bytes: int = options["max_upload_bytes"]
+        self.max_batch_images: int = options["max_batch_images"]
+        self.max_image_pixels: int = options["max_image_pixels"]
+        self.batcher = MicroBatcher(self._predict, options["max_batch_size"], options["batch_window_ms"])
+        self.name = Path(model).name if isinstance(model, (str, os.PathLike)) else type(model).__name__
+        self.model: Any = None
+        self.info: dict[str, Any] = {}
+        self.started = time.monotonic()
+
+    def _predict(self, images: list[Image.Image], top_k: int) -> list[Prediction]:
+        return self.model.predict(images, top_k=top_k, batch_size=max(1, len(images)), progress=False)
+
+    async def start(self) -> None:
+        started = time.perf_counter()
+        self.model = await run_in_threadpool(load_model, self.source, self.device)
+        self.info = _describe(self.model, self.name)
+        await self.batcher.start()
+        size = self.info["input_size"] or [3, 224, 224]
+        await self.batcher.run_now([Image.new("RGB", (size[-1], size[-2]))], 1)  # warm-up: fail now, not later
+        logger.info(
+            "Loaded %s (%s, %d classes) in %.1f s",
+            self.name,
+            self.info["backbone"] or self.info["model_type"],
+            len(self.info["class_names"]),
+            time.perf_counter() - started,
+        )
+        self.started = time.monotonic()
+
+    async def stop(self) -> None:
+        await self.batcher.close()
+
+    def require_model(self) -> dict[str, Any]:
+        if self.model is None or not self.batcher.running:
+            raise HTTPException(503, "The model is not loaded (the service is starting or stopping)")
+        return self.info
+
+    def top_k(self, requested: int | None) -> int:
+        num_classes = len(self.require_model()["class_names"])
+        if requested is None:
+            return min(self.default_top_k, num_classes)
+        if not 1 <= requested <= num_classes:
+            raise HTTPException(422, f"`top_k` must be an integer from 1 to {num_classes} (the model's classes)")
+        return requested
+
+    async def read_image(self, upload: UploadFile) -> Image.Image:
+        name = upload.filename or "upload"
+        data = await upload.read(self.max_upload_bytes + 1)
+        if len(data) > self.max_upload_bytes:
+            raise HTTPException(
+                413, f"{name!r} is larger than the upload limit of {format_bytes(self.max_upload_bytes)}"
+            )
+        return await run_in_threadpool(decode_upload, data, name, self.max_image_pixels)
+
+    async def predict(self, uploads: list[UploadFile], top_k: int | None) -> list[dict[str, Any]]:
+        k = self.top_k(top_k)
+        with self.batcher.preparing():  # a batch waiting to run may wait for this request
+            images = await asyncio.gather(*(self.read_image(upload) for upload in uploads))
+            future = self.batcher.enqueue(images, k)
+        predictions = await future
+        return [
+            {
+                "filename": upload.filename,
+                "predictions": [
+                    {"label": label, "probability": probability}
+                    for label, probability in zip(prediction.labels, prediction.probabilities, strict=True)
+                ],
+            }
+            for upload, prediction in zip(uploads, predictions, strict=True)
+        ]
+
+
+def create_app(
+    model: Any,
+    top_k: int = 5,
+    max_upload_bytes: int = DEFAULT_MAX_UPLOAD_BYTES,
+    max_batch_images: int = 16,
+    batch_window_ms: float = 5.0,
+    max_batch_size: int = 16,
+    max_image_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485,
+    device: str = "cpu",
+) -> FastAPI:
+    """Build the FastAPI app that serves a classifier.
+
+    The model is loaded once, when the app starts (its lifespan), and warmed up
+    with one prediction. Uploads are decoded in threads; predictions run in a
+    worker thread, and concurrent requests are micro-batched into one model call
+    (see [`MicroBatcher`][autotimm.serving.batching.MicroBatcher]).
+
+    Args:
+        model: A ``.ckpt`` checkpoint, an ``.onnx`` file written by ``autotimm.export``, or a loaded
+            model (``ImageClassifier``, ``OnnxPredictor``, or anything with ``predict`` and ``class_names``).
+        top_k: Classes per image when a request gives no ``top_k`` (at most the model's classes).
+        max_upload_bytes: The largest image file accepted (413 above).
+        max_batch_images: The most images in one ``/predict/batch`` request (413 above).
+        batch_window_ms: How long a request waits for others to share its model call.
+        max_batch_size: Images per model call at most (1 turns micro-batching off).
+        max_image_pixels: The most pixels (width x height) an upload may decode to (413 above).
+        device: Where a checkpoint's weights go (``"cpu"``, ``"cuda"``).
+
+    Returns:
+        The app; serve it with uvicorn, or [`run_server`][autotimm.serving.app.run_server].
+
+    Raises:
+        FileNotFoundError: No such model file.
+        ValueError: A model file of another type, or a bad limit.
+        TypeError: A ``model`` of another kind.
+
+    Example:
+        >>> app = create_app("runs/pets/checkpoints/last.ckpt", top_k=3)  # doctest: +SKIP
+    """
+    _check_model_argument(model)
+    options = {
+        name: _check_positive_int(name, value)
+        for name, value in [
+            ("top_k", top_k),
+            ("max_upload_bytes", max_upload_bytes),
+            ("max_batch_images", max_batch_images),
+            ("max_batch_size", max_batch_size),
+            ("max_image_pixels", max_image_pixels),
+        ]
+    }
+    options["batch_window_ms"] = batch_window_ms
+    service = _Service(model, device, top_k, options)  # checks the batching arguments
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        try:
+            await service.start()
+            yield
+        finally:
+            await service.stop()
+
+    app = FastAPI(
+        title=f"autotimm: {service.name}",
+        description='Image classification with an autotimm model. Errors are JSON: `{"detail": "..."}`.',
+        lifespan=lifespan,
+    )
+    app.state.service = service
+    app.add_exception_handler(RequestValidationError, validation_error)
+    per_image = max_upload_bytes + _MULTIPART_OVERHEAD
+    app.add_middleware(
+        RequestGuard,
+        limits={"/predict": per_image, "/predict/batch": per_image * max_batch_images},
+        hint=f" (images of at most {format_bytes(max_upload_bytes)}, {max_batch_images} per batch request)",
+    )
+
+    errors = error_responses(400, 413, 415, 422, 500, 503)
+
+    @app.post("/predict", response_model=PredictResponse, responses=errors)
+    async def predict(
+        file: Annotated[UploadFile, File(description="The image (PNG, JPEG, WebP, BMP, GIF, TIFF).")],
+        top_k: Annotated[int | None, Query(description="Classes to return (default: the server's).")] = None,
+    ) -> dict[str, Any]:
+        """Predict the top-k classes of one image."""
+        [result] = await service.predict([file], top_k)
+        return result
+
+    @app.post("/predict/batch", response_model=list[PredictResponse], responses=errors)
+    async def predict_batch(
+        files: Annotated[list[UploadFile], File(description="The images, in one multipart field `files`.")],
+        top_k: Annotated[int | None, Query(description="Classes to return per image.")] = None,
+    ) -> list[dict[str, Any]]:
+        """Predict the top-k classes of several images, in order."""
+        if len(files) > service.max_batch_images:
+            raise HTTPException(413, f"{len(files)} images in one request; the limit is {service.max_batch_images}")
+        return await service.predict(files, top_k)
+
+    @app.get("/health", response_model=HealthResponse, responses=error_responses(503))
+    async def health() -> dict[str, Any]:
+        """The service's state, its model and its limits."""
+        info = service.require_model()
+        batcher = service.batcher
+        return {
+            "status": "ok",
+            **{key: value for key, value in info.items() if key != "class_names"},
+            "num_classes": len(info["class_names"]),
+            "top_k": min(service.default_top_k, len(info["class_names"])),
+            "max_upload_bytes": service.max_upload_bytes,
+            "max_batch_images": service.max_batch_images,
+            "uptime_s": round(time.monotonic() - service.started, 3),
+            "batching": {
+                "max_batch_size": batcher.max_batch_size,
+                "batch_window_ms": batcher.batch_window_ms,
+                **batcher.stats.to_dict(),
+            },
+        }
+
+    @app.get("/labels", response_model=LabelsResponse, responses=error_responses(503))
+    async def labels() -> dict[str, Any]:
+        """The model's class names, in label order."""
+        info = service.require_model()
+        return {"labels": info["class_names"], "multi_label": info["multi_label"]}
+
+    @app.get("/", response_class=HTMLResponse, include_in_schema=False)
+    async def page() -> HTMLResponse:
+        if not _PAGE.is_file():
+            raise HTTPException(404, "The web page is not installed (autotimm/web/index.html is missing)")
+        return HTMLResponse(_PAGE.read_text(encoding="utf-8"))
+
+    return app
+
+
+def _log_config(log_level: str) -> dict[str, Any]:
+    """The logging configuration of uvicorn, with this module's logger on uvicorn's handler."""
+    from uvicorn.config import LOGGING_CONFIG
+
+    config = copy.deepcopy(LOGGING_CONFIG)
+    config["loggers"][__name__] = {"handlers": ["default"], "level": log_level.upper(), "propagate": False}
+    return config
+
+
+def run_server(model: Any, host: str = "127.0.0.1", port: int = 8000, log_level: str = "info", **options: Any) -> None:
+    """Serve a classifier with uvicorn until interrupted (Ctrl+C).
+
+    Args:
+        model: As for [`create_app`][autotimm.serving.app.create_app].
+        host: The address to listen on (``"0.0.0.0"`` for every interface).
+        port: The TCP port.
+        log_level: uvicorn's log level (``"debug"``, ``"info"``, ``"warning"``, ...).
+        **options: Passed to [`create_app`][autotimm.serving.app.create_app] (``top_k``, ``max_upload_bytes``, ...).
+
+    Example:
+        >>> run_server("runs/pets/checkpoints/last.ckpt", port=8000)  # doctest: +SKIP
+    """
+    import uvicorn
+
+    app = create_app(model, **options)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, log_config=_log_config(log_level))
+
+
+@contextmanager
+def serve_in_thread(
+    app: FastAPI, host: str = "127.0.0.1", port: int = 0, log_level: str = "warning", timeout: float = 120.0
+) -> Iterator[str]:
+    """Run an app with uvicorn in a background thread, for tests and notebooks.
+
+    Args:
+        app: The app (from [`create_app`][autotimm.serving.app.create_app]).
+        host: The address to listen on.
+        port: The TCP port (0: a free one).
+        log_level: uvicorn's log level.
+        timeout: Seconds to wait for the start-up (the model loads then).
+
+    Yields:
+        The base URL, e.g. ``"http://127.0.0.1:53817"``; the server stops when the block ends.
+
+    Raises:
+        RuntimeError: The server did not start (see its log).
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    server = uvicorn.Server(uvicorn.Config(app, log_level=log_level))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="autotimm-server", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + timeout
+    try:
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError(f"The server on {host} did not start; see its log above")
+            time.sleep(0.02)
+        bound = sock.getsockname()[1]
+        yield f"http://[{host}]:{bound}" if ":" in host else f"http://{host}:{bound}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=30)
+        sock.close()
