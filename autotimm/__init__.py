@@ -12,7 +12,7 @@ from autotimm._version import __version__
 
 if TYPE_CHECKING:  # the public names, for type checkers and the API docs; at run time they load lazily
     from autotimm.auto import AutoFitResult, auto_fit
-    from autotimm.classifier import EnsembleClassifier, ImageClassifier
+    from autotimm.classifier import EnsembleClassifier, ImageClassifier, load_model
     from autotimm.data import (
         ImageDataModule,
         list_augmentation_presets,
@@ -98,6 +98,7 @@ __all__ = [
     "list_optimizers",
     "list_schedulers",
     "load_builtin_dataset",
+    "load_model",
     "make_synthetic_dataset",
     "quantize_onnx",
     "read_metadata",

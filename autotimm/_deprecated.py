@@ -51,6 +51,7 @@ MOVED: dict[str, tuple[str, ...]] = {
     "autotimm.labelled_data": ("autotimm.evaluation.labelled_data",),
     "autotimm.report_plots": ("autotimm.evaluation.plots",),
     "autotimm.quantization": ("autotimm.exporting.quantization",),
+    "autotimm.validation": ("autotimm.checks", "autotimm.classifier.arguments"),
 }
 
 

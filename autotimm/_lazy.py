@@ -31,7 +31,7 @@ def type_checking_imports(source: str) -> dict[str, str]:
         Exported name -> the module it is imported from, in source order.
 
     Example:
-        >>> type_checking_imports("if TYPE_CHECKING:\\n    from a.b import C, D as E\\n")
+        >>> type_checking_imports("if TYPE_CHECKING:\n    from a.b import C, D as E\n")
         {'C': 'a.b', 'E': 'a.b'}
     """
     where: dict[str, str] = {}

@@ -102,13 +102,28 @@ def test_flip_tta_is_kept_only_when_it_scores_higher(plain, flipped, used, monke
         reserve=2.0,
         settings=types.SimpleNamespace(mode="max"),
     )
-    info = finish._choose_tta(state, model, {"used": True, "trained_on": "train"}, "test_resnet")
+    final = finish.FinalTraining(ran=True, note="", used=True, trained_on="train")
+    info = finish._choose_tta(state, model, final, "test_resnet")
     assert info["used"] is used and (info["plain"], info["flip"]) == (plain, flipped)
     assert model.default_tta == ("flip" if used else "none")
-    refit = finish._choose_tta(state, model, {"used": True, "trained_on": "train+val"}, "test_resnet")
+    refit = finish._choose_tta(state, model, replace(final, trained_on="train+val"), "test_resnet")
     assert not refit["used"] and "trained on the validation images" in refit["note"]
     state.tta = False
-    assert "not tried" in finish._choose_tta(state, model, {}, "test_resnet")["note"]
+    not_run = finish.FinalTraining(ran=False, note="")
+    assert "not tried" in finish._choose_tta(state, model, not_run, "test_resnet")["note"]
+
+
+def test_final_training_summary_keeps_only_what_applies():
+    from autotimm.auto.finish import FinalTraining
+
+    assert FinalTraining(ran=False, note="skipped").to_dict() == {"ran": False, "note": "skipped"}
+    assert FinalTraining(ran=True, note="failed").to_dict() == {"ran": True, "used": False, "note": "failed"}
+    trained = FinalTraining(ran=True, note="ok", used=True, trained_on="train+val", images=9, epochs=2, score=None)
+    summary = trained.to_dict()
+    assert summary["trained_on"] == "train+val" and summary["score"] is None and summary["checkpoint"] is None
+    keys = ["ran", "trained_on", "images", "epochs", "safety", "max_epochs", "seconds", "score", "used", "note"]
+    assert list(summary) == [*keys, "checkpoint"]  # the order summary.json has always had
+    assert trained.trained_on_val and not replace(trained, used=False).trained_on_val
 
 
 def test_plan_keeps_the_candidates_that_fit_a_slice():
@@ -191,8 +206,8 @@ def test_missing_optuna_names_the_extra(monkeypatch):
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [({"preset": "huge"}, "`preset` must be one of"), ({"time_limit": "soon"}, "`time_limit` must be"),
-     ({"ensemble": -1}, "`ensemble` must be an integer >= 0"), ({"refit": "yes"}, "`refit` must be True or False"),
-     ({"n_trials": 0}, "`n_trials` must be an integer >= 1"), ({"search_fraction": 1.5}, "`search_fraction`"),
+     ({"ensemble": -1}, "`ensemble` must be an int >= 0, got -1"), ({"refit": "yes"}, "`refit` must be True or False"),
+     ({"n_trials": 0}, "`n_trials` must be an int >= 1 or None"), ({"search_fraction": 1.5}, "`search_fraction`"),
      ({"backbones": ["resnet_unknown"]}, "Unknown backbone 'resnet_unknown'"),
      ({"trainer_kwargs": {"max_epochs": 3}}, r"must not set \['max_epochs'\]"),
      ({"metric": "auroc"}, r"`metric` must be one of \['accuracy', 'f1_macro', 'loss', 'top5_accuracy'\]")],

@@ -19,9 +19,9 @@ from autotimm.evaluation.calibration import (
     fit_temperature,
     negative_log_likelihood,
     reliability_bins,
-    softmax,
 )
 from autotimm.evaluation.plots import reliability_diagram
+from autotimm.prediction.predict import softmax
 
 # Tiny tensors: one torch thread is much faster than two contending ones.
 pytestmark = pytest.mark.usefixtures("single_thread")

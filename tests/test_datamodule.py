@@ -262,6 +262,78 @@ def test_custom_transforms_replace_the_presets(tmp_path):
     assert as_augmentation.dataset("train")[0][0].sum() == 12
 
 
+# ---------------------------------------------------------------- derived data modules
+def test_derived_from_shares_the_data_and_changes_only_what_is_given(tmp_path):
+    dm = array_module(tmp_path)
+    dm.setup()
+    config = dm.data_config
+    copy = ImageDataModule.derived_from(dm, batch_size=4, augmentation="none")
+    assert type(copy) is ImageDataModule and copy.trainer is None and copy.output_dir is None
+    assert (copy.batch_size, copy.augmentation, dm.batch_size, dm.augmentation) == (4, "none", 8, "light")
+    assert copy.tables["train"] is dm.tables["train"] and copy.class_names == dm.class_names
+    assert copy.data_config == config and dm.output_dir == tmp_path / "out"
+    small = ImageDataModule.derived_from(dm, tables={"train": dm.tables["train"].subset([0, 1, 2])})
+    assert small.splits == ["train"] and len(small.dataset("train")) == 3 and dm.splits == ["train", "val"]
+    gray = ImageDataModule.derived_from(dm, image_size=(12, 10), in_chans=1)
+    assert gray.dataset("val")[0][0].shape == (1, 12, 10) and dm.dataset("val")[0][0].shape == (3, SIZE, SIZE)
+    assert list(gray.data_config["input_size"]) == [1, 12, 10] and dm.data_config == config
+    fixed = ImageDataModule.derived_from(dm, data_config={**config, "mean": (0.0,) * 3, "std": (1.0,) * 3})
+    assert fixed.data_config["mean"] == (0.0,) * 3 and dm.data_config["mean"] == config["mean"]
+
+    class Subclass(ImageDataModule):
+        pass
+
+    assert isinstance(Subclass.derived_from(dm), Subclass)
+
+
+def test_derived_from_replaces_a_custom_transform_only_when_asked(tmp_path):
+    def train_tf(image):
+        return torch.zeros(3, 2, 2)
+
+    custom = array_module(tmp_path, train_transform=train_tf, output_dir=None)
+    custom.setup()
+    assert custom.custom_train_transform is train_tf and array_module(tmp_path).custom_train_transform is None
+    assert ImageDataModule.derived_from(custom).custom_train_transform is train_tf
+    assert ImageDataModule.derived_from(custom, augmentation="light").custom_train_transform is None
+    assert ImageDataModule.derived_from(custom, augmentation=train_tf).custom_train_transform is train_tf
+
+
+def test_derived_from_checks_its_arguments(tmp_path):
+    with pytest.raises(RuntimeError, match="call setup"):
+        ImageDataModule.derived_from(array_module(tmp_path))
+    dm = array_module(tmp_path, output_dir=None)
+    dm.setup()
+    with pytest.raises(ValueError, match=r"`tables` must hold a 'train' split, got \['val'\]"):
+        ImageDataModule.derived_from(dm, tables={"val": dm.tables["val"]})
+    with pytest.raises(ValueError, match="`batch_size`"):
+        ImageDataModule.derived_from(dm, batch_size=0)
+    with pytest.raises(ValueError, match="`augmentation`"):
+        ImageDataModule.derived_from(dm, augmentation="sparkles")
+    with pytest.raises(ValueError, match="`image_size`"):
+        ImageDataModule.derived_from(dm, image_size=(0, 8))
+    with pytest.raises(ValueError, match="in_chans"):
+        ImageDataModule.derived_from(dm, in_chans=2)
+
+
+def test_tables_and_loader_workers_need_setup(tmp_path):
+    dm = array_module(tmp_path, num_workers=None, output_dir=None)
+    with pytest.raises(RuntimeError, match="call setup"):
+        _ = dm.tables
+    with pytest.raises(RuntimeError, match="call setup"):
+        _ = dm.loader_workers
+    assert array_module(tmp_path, num_workers=3).loader_workers == 3  # given: known before setup
+    dm.setup()
+    assert dm.loader_workers == 0 == dm.train_dataloader().num_workers  # in-memory arrays
+    tables = dm.tables
+    assert set(tables) == {"train", "val"} and len(tables["train"]) + len(tables["val"]) == 36
+    tables.pop("val")  # a copy: the data module keeps its splits
+    assert dm.splits == ["train", "val"]
+    write_class_folders(tmp_path / "d", {"a": 4, "b": 4})
+    files = ImageDataModule(tmp_path / "d", val_split=0.25, output_dir=None)
+    files.setup()
+    assert files.loader_workers == default_num_workers()
+
+
 # ---------------------------------------------------------------- imbalance
 def test_balanced_sampling_draws_training_indices_and_evens_out_classes(tmp_path):
     dm = array_module(tmp_path, counts=(80, 10), balanced_sampling=True, batch_size=10, output_dir=None)
@@ -344,3 +416,21 @@ def test_fit_and_test_a_classifier(tmp_path, single_thread):
     assert trainer.test(model, datamodule=dm, verbose=False)[0]["test/loss"] > 0
     no_val = array_module(tmp_path, val_split=0.0, output_dir=None)
     make_trainer(max_epochs=1).fit(model, datamodule=no_val)  # no validation split: validation is skipped
+
+
+def test_symlinked_folders_count_and_exif_photos_train_upright(tmp_path):
+    from PIL import Image
+
+    write_class_folders(tmp_path / "d", {"a": 3, "b": 3})
+    write_class_folders(tmp_path / "extra", {"more": 2}, seed=5)
+    (tmp_path / "d" / "a" / "linked").symlink_to(tmp_path / "extra" / "more", target_is_directory=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored 20 wide and 12 high, shown 12 wide and 20 high
+    Image.new("RGB", (20, 12), "red").save(tmp_path / "d" / "b" / "photo.jpg", exif=exif.tobytes())
+    dm = ImageDataModule(tmp_path / "d", val_split=0.0, output_dir=None, image_size=SIZE, batch_size=4, num_workers=0)
+    dm.setup()
+    assert dm.class_counts["train"] == [5, 4]
+    dataset = dm.dataset("train")
+    dataset.transform = None
+    index = dataset.table.items.index("b/photo.jpg")
+    assert dataset[index][0].size == (12, 20)

@@ -33,3 +33,22 @@ def test_page_examples_run(page, first, writes, tmp_path, monkeypatch):
     namespace: dict = {}
     exec(compile(code, str(DOCS / page), "exec"), namespace)
     assert (tmp_path / writes).exists()
+
+
+def test_every_subpackage_has_an_api_page():
+    package = DOCS.parent / "autotimm"
+    subpackages = sorted(path.parent.name for path in package.glob("*/__init__.py"))
+    nav = (DOCS.parent / "mkdocs.yml").read_text(encoding="utf-8")
+    layout = (DOCS / "guide" / "layout.md").read_text(encoding="utf-8")
+    for name in subpackages:
+        page = DOCS / "api" / f"{name}.md"
+        assert page.exists(), f"autotimm.{name} needs an API page, {page.relative_to(DOCS.parent)}"
+        assert f"autotimm.{name}: api/{name}.md" in nav, f"mkdocs.yml nav lacks api/{name}.md"
+        assert f"[`autotimm.{name}`](../api/{name}.md)" in layout, f"the package layout page lacks autotimm.{name}"
+
+
+def test_layout_page_lists_the_old_paths():
+    from autotimm._deprecated import MOVED
+
+    rows = dict(re.findall(r"^\| `(autotimm\.[\w.]+)` \| `([\w.]+)`", (DOCS / "guide" / "layout.md").read_text(), re.M))
+    assert rows == {old: homes[0] for old, homes in MOVED.items()}

@@ -13,10 +13,11 @@ from test_calibration import NAMES, synthetic_uint8, train_tiny_model
 from torchmetrics.functional.classification import multiclass_calibration_error
 
 from autotimm import BackboneConfig, ImageClassifier, ImageDataModule
-from autotimm.evaluation.calibration import calibrate_model, softmax
+from autotimm.evaluation.calibration import calibrate_model
 from autotimm.evaluation.labelled_data import resolve_labelled_data
 from autotimm.evaluation.report import EvaluationReport, evaluate
 from autotimm.prediction.inputs import collect_inputs
+from autotimm.prediction.predict import softmax
 from autotimm.prediction.preprocess import Preprocessor
 from autotimm.training.diagnostics import confusion_matrix_figure
 

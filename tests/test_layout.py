@@ -24,7 +24,7 @@ PACKAGE = Path(autotimm.__file__).parent
 #: The subpackages bottom to top; a module may import only from its own layer's package or from a lower layer.
 #: Modules at the package root are the bottom layer, except ``autotimm/__init__.py`` (the flat API, on top).
 LAYERS: list[set[str]] = [
-    {"_lazy", "_version", "_deprecated", "validation", "registry"},
+    {"_lazy", "_version", "_deprecated", "checks", "registry"},
     {"data", "models"},
     {"optim", "prediction"},
     {"training"},
@@ -169,7 +169,7 @@ def test_no_private_attributes_used_across_modules():
 
 
 def test_low_level_checks_import_nothing_of_ours():
-    assert _imports(PACKAGE / "validation.py") == []
+    assert _imports(PACKAGE / "checks.py") == []
     assert _imports(PACKAGE / "registry.py") == []
 
 

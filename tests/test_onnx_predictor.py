@@ -151,14 +151,14 @@ def test_errors(exported, tmp_path, monkeypatch):
         OnnxPredictor(scripted)
     with pytest.raises(ValueError, match="`providers` must be a non-empty list from"):
         OnnxPredictor(path, providers=["NoSuchExecutionProvider"])
-    with pytest.raises(ValueError, match="`intra_op_threads` must be a positive integer"):
+    with pytest.raises(ValueError, match="`intra_op_threads` must be an int >= 1 or None, got 0"):
         OnnxPredictor(path, intra_op_threads=0)
 
     predictor = OnnxPredictor(path)
     image = np.zeros((8, 8, 3), np.uint8)
-    with pytest.raises(ValueError, match=r"`top_k` must be an integer from 1 to 4"):
+    with pytest.raises(ValueError, match=r"`top_k` must be an int in \[1, 4\] \(the model has 4 classes\), got 5"):
         predictor.predict(image, top_k=5)
-    with pytest.raises(ValueError, match="`batch_size` must be a positive integer"):
+    with pytest.raises(ValueError, match="`batch_size` must be an int >= 1, got 0"):
         predictor.predict_logits(image, batch_size=0)
     with pytest.raises(ValueError, match="`tta` must be"):
         predictor.predict(image, tta="rotate")

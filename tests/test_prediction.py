@@ -236,7 +236,7 @@ def test_top_k_order_names_and_batching(tiny):
 @pytest.mark.parametrize(
     "kwargs,match",
     [
-        ({"top_k": 4}, r"`top_k` must be an integer from 1 to 3"),
+        ({"top_k": 4}, r"`top_k` must be an int in \[1, 3\] \(the model has 3 classes\), got 4"),
         ({"top_k": 0}, "`top_k`"),
         ({"batch_size": 0}, "`batch_size`"),
         ({"threshold": 1.5}, "`threshold`"),
@@ -394,7 +394,7 @@ def test_load_rejects_foreign_files_and_unavailable_cuda(tmp_path, tiny):
 
 def test_predict_logits_checks_batch_size_and_tta(tiny):
     image = np.zeros((8, 8, 3), np.uint8)
-    with pytest.raises(ValueError, match=r"`batch_size` must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match=r"`batch_size` must be an int >= 1, got 0"):
         tiny.predict_logits(image, batch_size=0)
     with pytest.raises(ValueError, match="`tta` must be"):
         tiny.predict_logits(image, tta="sideways")

@@ -141,25 +141,26 @@ class TrialDataModule(ImageDataModule):
 
         Args:
             base: The set-up data module.
-            overlay: ``data_config`` keys fixed for every backbone (``input_size`` sets the image size).
+            overlay: ``data_config`` keys fixed for every backbone (``input_size`` sets the channels and image size).
             augmentation: A preset name; ``None`` keeps the base's augmentation or custom transform.
             batch_size: ``None`` keeps the base's.
             tables: Replacement splits (subsets, or train+val); ``None`` keeps the base's.
+
+        Returns:
+            The trial's data module.
         """
-        new = cls.__new__(cls)
-        new.__dict__.update(base.__dict__)
-        new.trainer = None
-        new.output_dir = None  # the base wrote the split file; copies never rewrite it
+        in_chans = int(overlay["input_size"][0])
+        image_size = (int(overlay["input_size"][1]), int(overlay["input_size"][2]))
+        new = cls.derived_from(
+            base,
+            tables=tables,
+            augmentation=augmentation,
+            batch_size=batch_size,
+            image_size=image_size,
+            in_chans=in_chans,
+            data_config={**make_data_config(None, in_chans, image_size), **overlay},
+        )
         new.overlay = dict(overlay)
-        new.image_size = tuple(int(v) for v in overlay["input_size"][1:])
-        if augmentation is not None:
-            new.augmentation, new._train_transform = augmentation, None
-        if batch_size is not None:
-            new.batch_size = batch_size
-        if tables is not None:
-            new._tables = dict(tables)
-        new.in_chans = int(overlay["input_size"][0])
-        new._data_config = {**make_data_config(None, new.in_chans, new.image_size), **new.overlay}
         return new
 
     def configure_for(self, backbone: Any) -> TrialDataModule:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -12,13 +13,18 @@ import numpy as np
 
 from autotimm.auto.data import TrialDataModule, merge_tables, subset_table
 from autotimm.auto.distributed import barrier, broadcast, is_rank_zero, on_rank_zero
+from autotimm.auto.planning import SearchState, default_config
 from autotimm.auto.results import AutoFitResult
-from autotimm.auto.trials import TrialSpec, run_training
+from autotimm.auto.timing import TimeModel
+from autotimm.auto.trials import TrialOutcome, TrialSpec, run_training
+from autotimm.data.sources import SampleTable
 
 __all__ = [
     "CALIBRATED_SAFETY",
     "FINAL_SAFETY",
     "PROBE_STEPS",
+    "FinalPlan",
+    "FinalTraining",
     "final_safety",
     "finish",
     "keep_top_checkpoints",
@@ -34,7 +40,80 @@ CALIBRATED_SAFETY = 0.93
 _CONFIG_KEYS = ("backbone", "lr", "weight_decay", "label_smoothing", "mixup_alpha", "augmentation")
 
 
-def final_safety(time_model: Any) -> float:
+@dataclass
+class FinalPlan:
+    """What the time left allows the final training (rank 0 decides).
+
+    Args:
+        epochs: Epochs to train (0: it does not fit).
+        seconds: Seconds it may take.
+        images: Training images (fewer than there are only when it is the only model).
+        safety: The share of the time left it plans to fill (see `final_safety`).
+    """
+
+    epochs: int
+    seconds: float
+    images: int
+    safety: float
+
+
+@dataclass
+class FinalTraining:
+    """How the final training went.
+
+    Args:
+        ran: Whether it started.
+        note: What happened, in one line.
+        used: Whether its model replaces the best trial's.
+        trained_on: ``"train"`` or ``"train+val"``, once it trained (``None`` when it did not run or failed).
+        images: Training images.
+        epochs: Epochs finished.
+        max_epochs: Epochs planned.
+        safety: The share of the time left it planned to fill.
+        seconds: Wall time.
+        score: Validation score (``None`` without validation).
+        checkpoint: Its model's checkpoint.
+    """
+
+    ran: bool
+    note: str
+    used: bool = False
+    trained_on: str | None = None
+    images: int = 0
+    epochs: int = 0
+    max_epochs: int = 0
+    safety: float = 0.0
+    seconds: float = 0.0
+    score: float | None = None
+    checkpoint: str | None = None
+
+    @property
+    def trained_on_val(self) -> bool:
+        """Whether its model is the one returned and it trained on the validation images too (refit)."""
+        return self.used and self.trained_on == "train+val"
+
+    def to_dict(self) -> dict[str, Any]:
+        """The summary's ``final`` entry: ``ran`` and ``note``, ``used`` once it ran, the rest once it trained."""
+        if not self.ran:
+            return {"ran": False, "note": self.note}
+        if self.trained_on is None:
+            return {"ran": True, "used": self.used, "note": self.note}
+        return {
+            "ran": True,
+            "trained_on": self.trained_on,
+            "images": self.images,
+            "epochs": self.epochs,
+            "safety": self.safety,
+            "max_epochs": self.max_epochs,
+            "seconds": self.seconds,
+            "score": self.score,
+            "used": self.used,
+            "note": self.note,
+            "checkpoint": self.checkpoint,
+        }
+
+
+def final_safety(time_model: TimeModel) -> float:
     """The share of the time left that the final training plans to fill.
 
     ``CALIBRATED_SAFETY`` when at least three runs corrected the time model and
@@ -66,7 +145,7 @@ def keep_top_checkpoints(rows: list[dict[str, Any]], mode: str, keep: int) -> No
             row["checkpoint"] = None
 
 
-def _no_trial_error(state: Any, rows: list[dict[str, Any]]) -> RuntimeError:
+def _no_trial_error(state: SearchState, rows: list[dict[str, Any]]) -> RuntimeError:
     if not rows:
         times = {n: c["epoch_seconds"] for n, c in state.details["candidates"].items() if "epoch_seconds" in c}
         fastest = min(times.items(), key=lambda item: item[1], default=None)
@@ -80,7 +159,7 @@ def _no_trial_error(state: Any, rows: list[dict[str, Any]]) -> RuntimeError:
     return RuntimeError(f"auto_fit: none of the {len(rows)} trials finished with a validation score: {detail}")
 
 
-def _probe(state: Any, best: dict[str, Any]) -> None:
+def _probe(state: SearchState, best: dict[str, Any]) -> None:
     """Time a few real training steps of ``best`` when no trial has calibrated the time model.
 
     The step measurement alone runs on random tensors and a smaller batch; a
@@ -111,90 +190,136 @@ def _probe(state: Any, best: dict[str, Any]) -> None:
     state.details["probe"] = on_rank_zero(record)
 
 
-def _final_training(state: Any, best: dict[str, Any]) -> dict[str, Any]:
-    """Train the best configuration again on all training images (and val with ``refit``), if time allows."""
-    if not state.final_needed:
-        return {"ran": False, "note": "not asked for: the trials trained on every training image"}
-    _probe(state, best)
-    tm, settings = state.time_model, state.settings
+def _final_tables(state: SearchState) -> dict[str, SampleTable]:
+    """What the final training trains on: train+val with ``refit``, else train, validated on the search's val."""
     train, val = state.tables["train"], state.tables["val"]
-    tables = {"train": merge_tables(train, val)} if state.refit else {"train": train, "val": state.search_tables["val"]}
-    sizes = (len(tables["train"]), len(tables["val"]) if "val" in tables else 0)
+    if state.refit:
+        return {"train": merge_tables(train, val)}
+    return {"train": train, "val": state.search_tables["val"]}
+
+
+def _plan_final(state: SearchState, best: dict[str, Any], sizes: tuple[int, int]) -> FinalPlan:
+    """The final training's epochs and images from the time left (rank 0's clock and time model)."""
+    tm = state.time_model
+    left = state.start + state.limit - state.reserve - state.ensemble_reserve - time.monotonic()
+    validation = tm.epoch_seconds(best["backbone"], 0, sizes[1])  # a validation after a stop in mid-epoch
+    safety = final_safety(tm)
+    usable = safety * left - validation
+    fits = tm.epochs_within(best["backbone"], usable, *sizes)
+    images = sizes[0]
+    if state.fill_final:
+        epochs = min(fits, state.preset.max_final_epochs)
+    else:  # a refit shorter than the best trial would be worse than it: all its epochs or none
+        epochs = max(best["epochs"], 1) if fits >= best["epochs"] else 0
+    minimum = state.preset.min_epochs
+    if best["score"] is None and epochs < minimum:  # the only model: fewer images rather than none
+        per_image = tm.epoch_seconds(best["backbone"], sizes[0], 0) / sizes[0]
+        images = int((usable - tm.overhead) / (minimum * per_image))
+        epochs = minimum if images >= 10 * state.settings.num_classes else 0
+    return FinalPlan(epochs=epochs, seconds=left - validation, images=min(images, sizes[0]), safety=safety)
+
+
+def _sizes(tables: dict[str, SampleTable]) -> tuple[int, int]:
+    """``(training images, validation images)`` of a run's tables."""
+    return len(tables["train"]), len(tables["val"]) if "val" in tables else 0
+
+
+def _skipped_final(state: SearchState, best: dict[str, Any], sizes: tuple[int, int], plan: FinalPlan) -> FinalTraining:
+    """The final training that did not fit: why, or an error when it was the only model there could be.
+
+    Raises:
+        RuntimeError: No search ran either, so there is no model at all.
+    """
+    epoch = state.time_model.epoch_seconds(best["backbone"], *sizes)
+    need = 1 if state.fill_final else max(best["epochs"], 1)
+    note = f"skipped: {_epochs(need)} of {best['backbone']} on {sizes[0]} images take ~{need * epoch:.0f}s"
+    note += f", {max(plan.seconds, 0):.0f}s were left"
+    if best["score"] is None:
+        raise RuntimeError(
+            f"auto_fit: time_limit={state.limit:g}s is too short for this data: no search fitted "
+            f"({state.details['search_skipped']}), and the final training was {note}"
+        )
+    return FinalTraining(ran=False, note=note + "; the best trial's model is used")
+
+
+def _judge_final(
+    state: SearchState, best: dict[str, Any], tables: dict[str, SampleTable], plan: FinalPlan, outcome: TrialOutcome
+) -> FinalTraining:
+    """Whether the final training's model replaces the best trial's: by the validation score, or by its steps done."""
     where = "train+val" if state.refit else "train"
+    images = len(tables["train"])
+    alone = best["score"] is None  # no search: the final training is the only model
+    if "val" in tables:
+        used = outcome.score is not None and (
+            alone
+            or (outcome.score >= best["score"] if state.settings.mode == "max" else outcome.score <= best["score"])
+        )
+        verdict = "used" if used else f"not used: the best trial's {best['score']:.4f} is better"
+        shown = "n/a" if outcome.score is None else f"{outcome.score:.4f}"
+        note = f"{_epochs(outcome.epochs)} on {images} {where} images, val {shown}: {verdict}"
+    else:
+        used = alone or outcome.completed >= 0.9
+        verdict = "used" if used else "not used: cut by the time limit before 90% of its steps"
+        if alone and outcome.completed < 0.9:
+            verdict = f"used, though cut by the time limit after {outcome.completed:.0%} of its steps"
+        note = f"{_epochs(outcome.epochs)} on {images} {where} images: {verdict}"
+    return FinalTraining(
+        ran=True,
+        trained_on=where,
+        images=images,
+        epochs=outcome.epochs,
+        safety=plan.safety,
+        max_epochs=plan.epochs,
+        seconds=round(outcome.seconds, 1),
+        score=outcome.score,
+        used=used,
+        note=note,
+        checkpoint=outcome.checkpoint,
+    )
 
-    def decide() -> dict[str, Any]:
-        left = state.start + state.limit - state.reserve - state.ensemble_reserve - time.monotonic()
-        validation = tm.epoch_seconds(best["backbone"], 0, sizes[1])  # a validation after a stop in mid-epoch
-        safety = final_safety(tm)
-        usable = safety * left - validation
-        fits = tm.epochs_within(best["backbone"], usable, *sizes)
-        images = sizes[0]
-        if state.fill_final:
-            epochs = min(fits, state.preset.max_final_epochs)
-        else:  # a refit shorter than the best trial would be worse than it: all its epochs or none
-            epochs = max(best["epochs"], 1) if fits >= best["epochs"] else 0
-        minimum = state.preset.min_epochs
-        if best["score"] is None and epochs < minimum:  # the only model: fewer images rather than none
-            per_image = tm.epoch_seconds(best["backbone"], sizes[0], 0) / sizes[0]
-            images = int((usable - tm.overhead) / (minimum * per_image))
-            epochs = minimum if images >= 10 * settings.num_classes else 0
-        return {"epochs": epochs, "left": left - validation, "images": min(images, sizes[0]), "safety": safety}
 
-    plan = on_rank_zero(decide)
-    if plan["images"] < sizes[0]:
-        tables["train"] = subset_table(tables["train"], plan["images"], settings.seed)
-        sizes = (len(tables["train"]), sizes[1])
-    epoch = tm.epoch_seconds(best["backbone"], *sizes)
-    if plan["epochs"] < 1:
-        need = 1 if state.fill_final else max(best["epochs"], 1)
-        note = f"skipped: {_epochs(need)} of {best['backbone']} on {sizes[0]} images take ~{need * epoch:.0f}s"
-        note += f", {max(plan['left'], 0):.0f}s were left"
-        if best["score"] is None:
-            raise RuntimeError(
-                f"auto_fit: time_limit={state.limit:g}s is too short for this data: no search fitted "
-                f"({state.details['search_skipped']}), and the final training was {note}"
-            )
-        return {"ran": False, "note": note + "; the best trial's model is used"}
-    spec = TrialSpec(-1, *(best[k] for k in _CONFIG_KEYS), max_epochs=plan["epochs"])
-    folder = state.output_dir / "final"
+def _run_final(
+    state: SearchState, best: dict[str, Any], tables: dict[str, SampleTable], plan: FinalPlan
+) -> FinalTraining:
+    """Train the best configuration for the planned epochs, and judge the result.
+
+    Raises:
+        RuntimeError: The training failed and there is no trial's model to fall back on.
+    """
+    spec = TrialSpec(-1, *(best[k] for k in _CONFIG_KEYS), max_epochs=plan.epochs)
     try:
-        outcome = run_training(spec, settings, tables, folder, time.monotonic() + plan["left"])
+        outcome = run_training(
+            spec, state.settings, tables, state.output_dir / "final", time.monotonic() + plan.seconds
+        )
     except Exception as err:
         message = (str(err).strip().splitlines() or [""])[0][:200]
         if best["score"] is None:
             raise RuntimeError(f"auto_fit: the final training failed: {type(err).__name__}: {message}") from err
-        return {"ran": True, "used": False, "note": f"failed ({type(err).__name__}: {message}); the best trial is used"}
-    info = {"ran": True, "trained_on": where, "images": sizes[0], "epochs": outcome.epochs, "safety": plan["safety"]}
-    info.update(max_epochs=plan["epochs"], seconds=round(outcome.seconds, 1), score=outcome.score)
-    alone = best["score"] is None  # no search: the final training is the only model
-    if "val" in tables:
-        better = outcome.score is not None and (
-            alone or (outcome.score >= best["score"] if settings.mode == "max" else outcome.score <= best["score"])
+        return FinalTraining(
+            ran=True, used=False, note=f"failed ({type(err).__name__}: {message}); the best trial is used"
         )
-        info["used"] = better
-        verdict = "used" if better else f"not used: the best trial's {best['score']:.4f} is better"
-        shown = "n/a" if outcome.score is None else f"{outcome.score:.4f}"
-        info["note"] = f"{_epochs(outcome.epochs)} on {sizes[0]} {where} images, val {shown}: {verdict}"
-    else:
-        info["used"] = alone or outcome.completed >= 0.9
-        verdict = "used" if info["used"] else "not used: cut by the time limit before 90% of its steps"
-        if alone and outcome.completed < 0.9:
-            verdict = f"used, though cut by the time limit after {outcome.completed:.0%} of its steps"
-        info["note"] = f"{_epochs(outcome.epochs)} on {sizes[0]} {where} images: {verdict}"
-    info["checkpoint"] = outcome.checkpoint
-    return info
+    return _judge_final(state, best, tables, plan, outcome)
 
 
-def _trained_on_val(final: dict[str, Any]) -> bool:
-    """Whether the returned model is the final training's, and it trained on the validation images too (refit)."""
-    return bool(final.get("used")) and final.get("trained_on") == "train+val"
+def _final_training(state: SearchState, best: dict[str, Any]) -> FinalTraining:
+    """Train the best configuration again on all training images (and val with ``refit``), if time allows."""
+    if not state.final_needed:
+        return FinalTraining(ran=False, note="not asked for: the trials trained on every training image")
+    _probe(state, best)
+    tables = _final_tables(state)
+    plan = on_rank_zero(lambda: _plan_final(state, best, _sizes(tables)))
+    if plan.images < len(tables["train"]):
+        tables["train"] = subset_table(tables["train"], plan.images, state.settings.seed)
+    if plan.epochs < 1:
+        return _skipped_final(state, best, _sizes(tables), plan)
+    return _run_final(state, best, tables, plan)
 
 
-def _choose_tta(state: Any, model: Any, final: dict[str, Any], backbone: str) -> dict[str, Any]:
+def _choose_tta(state: SearchState, model: Any, final: FinalTraining, backbone: str) -> dict[str, Any]:
     """Turn flip test-time augmentation on for ``model`` if it raises the validation score (rank 0 decides)."""
     if not state.tta:
         return {"used": False, "note": "not tried (tta=False)"}
-    if _trained_on_val(final):
+    if final.trained_on_val:
         return {"used": False, "note": "not tried: the model trained on the validation images"}
     images = len(state.search_tables["val"])
 
@@ -216,7 +341,7 @@ def _choose_tta(state: Any, model: Any, final: dict[str, Any], backbone: str) ->
     return info
 
 
-def _val_score(state: Any, ensemble: Any) -> float:
+def _val_score(state: SearchState, ensemble: Any) -> float:
     from autotimm.evaluation.calibration import negative_log_likelihood
     from autotimm.evaluation.labelled_data import resolve_labelled_data
     from autotimm.evaluation.report import classification_metrics
@@ -232,7 +357,7 @@ def _val_score(state: Any, ensemble: Any) -> float:
     return float(numbers["top_k_accuracy"] if metric == "top5_accuracy" else numbers[metric])
 
 
-def _ensemble(state: Any, scored: list[dict[str, Any]], model: Any, final: dict[str, Any]) -> tuple[Any, dict]:
+def _ensemble(state: SearchState, scored: list[dict[str, Any]], model: Any, final: FinalTraining) -> tuple[Any, dict]:
     from autotimm.classifier.ensemble import EnsembleClassifier
     from autotimm.classifier.module import ImageClassifier
 
@@ -244,7 +369,7 @@ def _ensemble(state: Any, scored: list[dict[str, Any]], model: Any, final: dict[
     members = [model] + [ImageClassifier.load(row["checkpoint"]) for row in top[1:]]
     ensemble = EnsembleClassifier(members, data_config=model.data_config)
     info: dict[str, Any] = {"members": [row["number"] for row in top], "score": None}
-    if _trained_on_val(final):
+    if final.trained_on_val:
         info["note"] = "no validation score: the refit member trained on the validation images"
     else:
         info["score"] = on_rank_zero(lambda: _val_score(state, ensemble))
@@ -257,9 +382,8 @@ def _ensemble(state: Any, scored: list[dict[str, Any]], model: Any, final: dict[
     return ensemble, info
 
 
-def finish(state: Any, rows: list[dict[str, Any]], verbose: bool) -> AutoFitResult:
+def finish(state: SearchState, rows: list[dict[str, Any]], verbose: bool) -> AutoFitResult:
     """Final training, model files, ensemble, tables and summary; returns the result (on every rank)."""
-    from autotimm.auto.planning import default_config
     from autotimm.classifier.module import ImageClassifier
 
     scored = ranked(rows, state.settings.mode)
@@ -273,30 +397,32 @@ def finish(state: Any, rows: list[dict[str, Any]], verbose: bool) -> AutoFitResu
         raise _no_trial_error(state, rows)
     final = broadcast(_final_training(state, best))  # rank 0's timings on every rank
     barrier()
-    model = ImageClassifier.load(final["checkpoint"] if final.get("used") else best["checkpoint"])
+    model = ImageClassifier.load(final.checkpoint if final.used else best["checkpoint"])
     tta = _choose_tta(state, model, final, best["backbone"])
     checkpoint = state.output_dir / "best.ckpt"
     if is_rank_zero():
         model.save(checkpoint)
-    if final.get("used") and final.get("score") is not None:
-        score, source = final["score"], "final training (validation images)"
+    if final.used and final.score is not None:
+        score, source = final.score, "final training (validation images)"
     elif best["number"] is None:
         score, source = None, "none: the only model trained on train+val"
     else:
         score, source = best["score"], f"trial {best['number']}"
-        if final.get("used"):
+        if final.used:
             source += " (the returned model was retrained on train+val and has no held-out score)"
     if tta["used"] and score is not None:
         score, source = tta["flip"], f"{source}, with flip TTA"
     result_model, ensemble_info = _ensemble(state, scored, model, final)
     barrier()
     config = {key: best[key] for key in _CONFIG_KEYS}
-    epochs = final.get("epochs", 0) if best["number"] is None else best["epochs"]
+    epochs = final.epochs if best["number"] is None else best["epochs"]
     config.update(epochs=epochs, image_size=state.details["image_size"], batch_size=state.settings.batch_size)
     config.update({key: state.details["recipe"][key] for key in ("optimizer", "scheduler", "precision")})
     config["tta"] = model.hparams.get("tta")
-    details = {k: v for k, v in state.details.items() if not k.startswith("_")}
-    details.update(best_trial=best["number"], score_source=source, final=final, tta=tta, ensemble=ensemble_info)
+    details = dict(state.details)
+    details.update(
+        best_trial=best["number"], score_source=source, final=final.to_dict(), tta=tta, ensemble=ensemble_info
+    )
     details["search_time_used"] = round(sum(r["seconds"] for r in rows), 1)
     details["time_model_ratios"] = [round(r, 3) for r in state.time_model.ratios]
     result = AutoFitResult(

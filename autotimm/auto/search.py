@@ -25,11 +25,12 @@ from pathlib import Path
 from typing import Any
 
 from autotimm.auto.distributed import is_rank_zero, start_processes
-from autotimm.auto.planning import prepare
+from autotimm.auto.planning import SearchOptions, prepare
 from autotimm.auto.presets import get_preset, parse_time_limit
 from autotimm.auto.results import AutoFitResult
 from autotimm.auto.study import run_search
 from autotimm.auto.trials import RESERVED_TRAINER_KEYS
+from autotimm.checks import require_number
 
 __all__ = ["auto_fit", "import_optuna"]
 
@@ -57,10 +58,6 @@ def _quiet() -> Iterator[None]:
             logging.getLogger(name).setLevel(level)
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
 def _check_arguments(
     metric: Any,
     refit: Any,
@@ -81,18 +78,11 @@ def _check_arguments(
     for name, value in (("refit", refit), ("tta", tta)):
         if not isinstance(value, bool):
             raise ValueError(f"`{name}` must be True or False, got {value!r}")
-    for name, value, low in (("ensemble", ensemble, 0), ("seed", seed, 0)):
-        if not _is_int(value) or value < low:
-            raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
+    require_number("ensemble", ensemble, 0, integer=True)
+    require_number("seed", seed, 0, integer=True)
     for name, value, low in (("n_trials", n_trials, 1), ("batch_size", batch_size, 1), ("image_size", image_size, 8)):
-        if value is not None and (not _is_int(value) or value < low):
-            raise ValueError(f"`{name}` must be an integer >= {low} or None, got {value!r}")
-    if search_fraction is not None and (
-        isinstance(search_fraction, bool)
-        or not isinstance(search_fraction, (int, float))
-        or not 0 < search_fraction < 1
-    ):
-        raise ValueError(f"`search_fraction` must be a number in (0, 1) or None, got {search_fraction!r}")
+        require_number(name, value, low, integer=True, allow_none=True)
+    require_number("search_fraction", search_fraction, 0, 1, low_open=True, allow_none=True)
     if backbones is not None:
         if isinstance(backbones, str) or not isinstance(backbones, Sequence) or not backbones:
             raise ValueError(f"`backbones` must be a non-empty list of timm model names or None, got {backbones!r}")
@@ -189,14 +179,14 @@ def auto_fit(
     )
     optuna = import_optuna()
     trainer_kwargs = dict(trainer_kwargs or {})
-    options = dict(
+    options = SearchOptions(
         seed=seed,
         metric=metric,
         refit=refit,
         tta=tta,
         ensemble=ensemble,
         n_trials=n_trials,
-        backbones=list(backbones) if backbones is not None else None,
+        backbones=tuple(backbones) if backbones is not None else None,
         pretrained=pretrained,
         batch_size=batch_size,
         image_size=image_size,

@@ -20,7 +20,7 @@ __all__ = ["run_search"]
 
 
 def _distributions(optuna: Any, state: SearchState) -> dict[str, Any]:
-    space, kept = state.space, state.details["_plan"].kept
+    space, kept = state.space, state.plan.kept
     dists = {
         "backbone": optuna.distributions.CategoricalDistribution(kept),
         "lr": optuna.distributions.FloatDistribution(*space.lr, log=True),
@@ -28,7 +28,7 @@ def _distributions(optuna: Any, state: SearchState) -> dict[str, Any]:
         "label_smoothing": optuna.distributions.FloatDistribution(0.0, space.label_smoothing, step=0.05),
         "mixup_alpha": optuna.distributions.FloatDistribution(0.0, space.mixup_alpha, step=0.1),
     }
-    augmentations = state.details["_augmentations"]
+    augmentations = state.augmentations
     if augmentations != (None,):
         dists["augmentation"] = optuna.distributions.CategoricalDistribution(list(augmentations))
     return dists
@@ -56,7 +56,7 @@ def run_search(optuna: Any, state: SearchState, n_trials: int | None, seed: int)
     scoring and the refit's need (while the refit still fits at all). Its
     epochs fill ``min(slice, room)``.
     """
-    preset, tm, plan = state.preset, state.time_model, state.details["_plan"]
+    preset, tm, plan = state.preset, state.time_model, state.plan
     if not plan.kept:  # no search: the final training gets the budget
         return []
     sizes = (len(state.search_tables["train"]), len(state.search_tables["val"]))

@@ -7,9 +7,9 @@ from typing import Any
 
 import numpy as np
 
+from autotimm.checks import require_number
 from autotimm.optim.optimizers import check_optimizer_spec
 from autotimm.optim.schedulers import check_scheduler_spec
-from autotimm.validation import require_number
 
 __all__ = ["check_class_names", "check_class_weights", "check_classifier_arguments", "plain_data"]
 
@@ -63,10 +63,7 @@ def check_classifier_arguments(
     Raises:
         ValueError: Naming the argument, the value and what is accepted.
     """
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
-        raise ValueError(
-            f"`num_classes` must be an int >= 2 (a softmax classifier needs two classes), got {num_classes!r}"
-        )
+    require_number("num_classes", num_classes, 2, integer=True, hint="a softmax classifier needs two classes")
     require_number("lr", lr, 0, low_open=True)
     require_number("weight_decay", weight_decay, 0)
     require_number("head_dropout", head_dropout, 0, 1)

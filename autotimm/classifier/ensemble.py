@@ -32,7 +32,8 @@ __all__ = ["EnsembleClassifier"]
 
 #: The data_config keys members must share with the ensemble (the rest of preprocessing happens once).
 SHARED_PREPROCESSING = ("input_size", "interpolation", "crop_pct", "crop_mode")
-_MANIFEST = "ensemble.json"
+#: The file that makes a folder an ensemble: its members, weights, preprocessing and temperature.
+MANIFEST_FILE = "ensemble.json"
 
 
 def _channel_stats(config: dict[str, Any], key: str) -> torch.Tensor:
@@ -157,7 +158,7 @@ class EnsembleClassifier(InferenceMixin, nn.Module):
             "temperature": float(self.temperature),
             "class_names": self.class_names,
         }
-        (folder / _MANIFEST).write_text(json.dumps(manifest, indent=2))
+        (folder / MANIFEST_FILE).write_text(json.dumps(manifest, indent=2))
         return folder
 
     @classmethod
@@ -176,10 +177,10 @@ class EnsembleClassifier(InferenceMixin, nn.Module):
         from autotimm.classifier.module import ImageClassifier
 
         folder = Path(path)
-        manifest_file = folder / _MANIFEST
+        manifest_file = folder / MANIFEST_FILE
         if not manifest_file.is_file():
             raise FileNotFoundError(
-                f"`path` {os.fspath(path)!r} is not an ensemble folder: it has no {_MANIFEST} "
+                f"`path` {os.fspath(path)!r} is not an ensemble folder: it has no {MANIFEST_FILE} "
                 "(write one with EnsembleClassifier.save)"
             )
         manifest = json.loads(manifest_file.read_text())

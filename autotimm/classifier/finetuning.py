@@ -13,6 +13,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.utilities import rank_zero_info, rank_zero_warn
 from torch import nn
 
+from autotimm.checks import require_number
 from autotimm.training.ema import EMA, check_ema_decay
 from autotimm.training.feature_cache import FeatureDataModule
 from autotimm.training.unfreezing import UnfreezeSchedule, freeze_norm_statistics
@@ -39,10 +40,7 @@ def check_finetuning_arguments(
         ValueError: Naming the argument, the value and what is accepted, or the
             two arguments that do not go together.
     """
-    if layer_decay is not None and (
-        isinstance(layer_decay, bool) or not isinstance(layer_decay, (int, float)) or not 0 < layer_decay <= 1
-    ):
-        raise ValueError(f"`layer_decay` must be a number in (0, 1] (e.g. 0.75) or None, got {layer_decay!r}")
+    require_number("layer_decay", layer_decay, 0, 1, low_open=True, high_closed=True, allow_none=True, hint="e.g. 0.75")
     if ema_decay is not None:
         check_ema_decay(ema_decay)
     for name, value in (("cache_features", cache_features), ("channels_last", channels_last)):

@@ -2,22 +2,22 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
 __all__ = [
-    "MODEL_SUFFIXES",
+    "CKPT_KINDS",
     "builtin_names",
     "console",
     "labelled_datamodule",
     "load_predictor",
+    "model_path",
     "require_file",
     "write_config",
 ]
 
-#: File kinds ``evaluate`` and ``predict`` load: Lightning checkpoints and exported ONNX models.
-MODEL_SUFFIXES = (".ckpt", ".onnx")
+#: What ``evaluate``, ``predict`` and ``serve`` load as CKPT, in words, for messages.
+CKPT_KINDS = "a .ckpt checkpoint or an .onnx export, or a folder written by EnsembleClassifier.save"
 
 
 def console(stderr: bool = False) -> Any:
@@ -87,32 +87,43 @@ def labelled_datamodule(
     return datamodule, split
 
 
-def load_predictor(path: str, device: str = "auto") -> Any:
-    """Load a ``.ckpt`` as an ``ImageClassifier`` or an ``.onnx`` file as an ``OnnxPredictor``.
+def model_path(value: str) -> Path:
+    """Return CKPT as a path, checked (without loading) by [`model_kind`][autotimm.classifier.loading.model_kind].
 
     Args:
-        path: The model file.
-        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...; for ``.ckpt`` files.
+        value: The path given: a ``.ckpt`` or ``.onnx`` file, or an ensemble folder.
 
     Raises:
-        FileNotFoundError: No such file.
-        ValueError: Another kind of file.
+        FileNotFoundError: No such file or folder.
+        ValueError: A file of another kind, or a folder that is not an ensemble.
     """
-    file = require_file(path, "CKPT", "a .ckpt checkpoint or an .onnx export")
-    suffix = file.suffix.lower()
-    if suffix == ".onnx":
-        from autotimm.prediction.onnx_predictor import OnnxPredictor
+    from autotimm.classifier.loading import model_kind
 
-        return OnnxPredictor(file)
-    if suffix != ".ckpt":
-        raise ValueError(f"CKPT {path!r} must be a .ckpt checkpoint or an .onnx export, got a {suffix or 'bare'} file")
-    import torch
+    path = Path(value).expanduser()
+    try:
+        model_kind(path, "CKPT")
+    except FileNotFoundError:
+        raise FileNotFoundError(f"CKPT {value!r} does not exist; pass {CKPT_KINDS}") from None
+    except ValueError:
+        what = "a folder that is not an ensemble" if path.is_dir() else f"a {path.suffix.lower() or 'bare'} file"
+        raise ValueError(f"CKPT {value!r} must be {CKPT_KINDS}, got {what}") from None
+    return path
 
-    from autotimm.classifier.module import ImageClassifier
 
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return ImageClassifier.load(os.fspath(file), map_location=device)
+def load_predictor(path: str, device: str = "auto") -> Any:
+    """Load CKPT with [`load_model`][autotimm.classifier.loading.load_model], its errors in the CLI's words.
+
+    Args:
+        path: The model: a ``.ckpt`` or ``.onnx`` file, or an ensemble folder.
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``, ...; for checkpoints and ensembles.
+
+    Raises:
+        FileNotFoundError: No such file or folder.
+        ValueError: Another kind of file or folder, or not an autotimm model.
+    """
+    from autotimm.classifier.loading import load_model
+
+    return load_model(model_path(path), device)
 
 
 def write_config(config: Any, folder: Path) -> Path:

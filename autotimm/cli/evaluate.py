@@ -1,8 +1,9 @@
-"""``autotimm evaluate``: metrics tables on the terminal and a report folder, for a checkpoint or an ONNX export."""
+"""``autotimm evaluate``: metrics on the terminal and a report folder, for a checkpoint, ONNX file or ensemble."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from autotimm.cli.options import TTA_CHOICES, UsageError, number, optional_value, positional
@@ -10,13 +11,14 @@ from autotimm.cli.options import TTA_CHOICES, UsageError, number, optional_value
 __all__ = ["CONFIG", "EvaluateConfig", "run"]
 
 NAME = "evaluate"
-HELP = "Evaluate a checkpoint or ONNX export on labelled images; write a report folder."
+HELP = "Evaluate a checkpoint, ONNX export or ensemble on labelled images; write a report folder."
 DESCRIPTION = """\
-Evaluate a trained classifier (a .ckpt checkpoint or an .onnx export) on
-labelled images: accuracy, top-k accuracy, macro and weighted precision, recall
-and F1, per-class metrics and calibration (ECE, NLL) are printed, and the
-report folder gets metrics.json, per_class.csv/.json, predictions.csv, confusion
-matrices, a reliability diagram and the most confidently wrong images.
+Evaluate a trained classifier (a .ckpt checkpoint, an .onnx export or an
+ensemble folder written by `autotimm auto`) on labelled images: accuracy, top-k
+accuracy, macro and weighted precision, recall and F1, per-class metrics and
+calibration (ECE, NLL) are printed, and the report folder gets metrics.json,
+per_class.csv/.json, predictions.csv, confusion matrices, a reliability diagram
+and the most confidently wrong images.
 
 DATA is read as in `autotimm train`. Held-out splits are carved the same way:
 with the --val-split, --test-split and --seed of training (the defaults match
@@ -34,11 +36,12 @@ class EvaluateConfig:
     """Options of ``autotimm evaluate``.
 
     Args:
-        ckpt: The model: a .ckpt checkpoint (from `autotimm train`) or an .onnx export.
+        ckpt: The model: a .ckpt checkpoint (from `autotimm train`), an .onnx export or an ensemble folder
+            (from `autotimm auto`).
         data: Labelled images: a class folder, a CSV file or a built-in dataset name.
         split: The split to evaluate: test, val, train, or all (every image of DATA, for a separate held-out set).
         output_dir: Report folder; default: eval-<split> in the run folder (for runs/x/checkpoints/last.ckpt:
-            runs/x/eval-test), or next to CKPT.
+            runs/x/eval-test), or next to CKPT (inside it, for an ensemble folder).
         val_split: Validation fraction carved from DATA when it has no validation split, as in training, in [0, 1).
         test_split: Test fraction carved from DATA when it has no test split, as in training, in [0, 1).
         seed: Seed of the carved split, as in training (>= 0).
@@ -47,7 +50,7 @@ class EvaluateConfig:
         batch_size: Images per forward pass (>= 1).
         top_k: k of the top-k accuracy (>= 1; capped at the number of classes).
         num_wrong: How many confidently wrong images to draw (>= 0).
-        device: Where a .ckpt model runs: auto (CUDA when available), cpu, cuda, cuda:1, ...
+        device: Where a .ckpt model or an ensemble runs: auto (CUDA when available), cpu, cuda, cuda:1, ...
         dataset_root: Where built-in datasets are cached; null for ~/.cache/autotimm/datasets.
     """
 
@@ -79,16 +82,14 @@ def run(config: EvaluateConfig) -> int:
     Returns:
         0.
     """
-    from pathlib import Path
-
-    from autotimm.cli.common import console, labelled_datamodule, load_predictor, require_file
+    from autotimm.cli.common import console, labelled_datamodule, load_predictor, model_path
     from autotimm.data.sources import data_source
 
     if config.val_split + config.test_split >= 1:
         raise UsageError(f"--val-split + --test-split must be < 1, got {config.val_split} + {config.test_split}")
-    ckpt = require_file(config.ckpt, "CKPT", "a .ckpt checkpoint or an .onnx export")
+    ckpt = model_path(config.ckpt)
     data_source(config.data, "DATA")  # fail on a missing DATA before loading the model
-    run_dir = ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent
+    run_dir = _run_dir(ckpt)
     output_dir = Path(config.output_dir) if config.output_dir else run_dir / f"eval-{config.split}"
 
     from autotimm.evaluation.report import evaluate
@@ -113,3 +114,13 @@ def run(config: EvaluateConfig) -> int:
     for kind, path in report.files.items():
         out.print(f"  {kind:<28} {path.name}", highlight=False)
     return 0
+
+
+def _run_dir(ckpt: Path) -> Path:
+    """The folder a report goes in by default.
+
+    The run folder for runs/x/checkpoints/*.ckpt, the folder of another file, an ensemble folder itself.
+    """
+    if ckpt.is_dir():
+        return ckpt
+    return ckpt.parent.parent if ckpt.parent.name == "checkpoints" else ckpt.parent

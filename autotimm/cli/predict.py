@@ -13,11 +13,11 @@ from autotimm.cli.options import TTA_CHOICES, number, optional_value, positional
 __all__ = ["CONFIG", "PredictConfig", "format_csv", "format_json", "run"]
 
 NAME = "predict"
-HELP = "Predict labels for images with a checkpoint or ONNX export."
+HELP = "Predict labels for images with a checkpoint, ONNX export or ensemble."
 DESCRIPTION = """\
 Predict the most probable labels of images with a trained classifier (a .ckpt
-checkpoint or an .onnx export). INPUTS are image files, folders (searched
-recursively) or quoted glob patterns.
+checkpoint, an .onnx export or an ensemble folder). INPUTS are image files,
+folders (searched recursively) or quoted glob patterns.
 
 --format table (the default) prints a table; json and csv write only the
 predictions to stdout, for scripts: JSON is a list of {"source", "labels",
@@ -36,7 +36,7 @@ class PredictConfig:
     """Options of ``autotimm predict``.
 
     Args:
-        ckpt: The model: a .ckpt checkpoint or an .onnx export.
+        ckpt: The model: a .ckpt checkpoint, an .onnx export or an ensemble folder (from `autotimm auto`).
         inputs: Image files, folders (recursive) or quoted glob patterns.
         top_k: Labels per image, most probable first (1 to the number of classes); null for 5, or every class when
             there are fewer. Multi-label models list every label at or above --threshold instead.
@@ -46,7 +46,7 @@ class PredictConfig:
         batch_size: Images per forward pass (>= 1).
         threshold: Multi-label models: the probability a label needs, in (0, 1).
         skip_bad_images: Skip unreadable images with a warning instead of failing.
-        device: Where a .ckpt model runs: auto (CUDA when available), cpu, cuda, cuda:1, ...
+        device: Where a .ckpt model or an ensemble runs: auto (CUDA when available), cpu, cuda, cuda:1, ...
     """
 
     ckpt: str = field(metadata=positional())

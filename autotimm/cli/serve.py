@@ -1,4 +1,4 @@
-"""``autotimm serve``: a REST service and web page for a checkpoint or ONNX export (``autotimm.serving.app``)."""
+"""``autotimm serve``: a REST service and web page for a checkpoint, ONNX export or ensemble (``autotimm.serving``)."""
 
 from __future__ import annotations
 
@@ -10,11 +10,12 @@ from autotimm.cli.options import number, positional
 __all__ = ["CONFIG", "ServeConfig", "run"]
 
 NAME = "serve"
-HELP = "Serve a checkpoint or ONNX export over HTTP (REST API and web page)."
+HELP = "Serve a checkpoint, ONNX export or ensemble over HTTP (REST API and web page)."
 DESCRIPTION = """\
-Start a web service for a trained classifier (a .ckpt checkpoint or an .onnx
-export): a REST API to post images to and a web page to try it. Stop it with
-Ctrl+C. Needs `pip install "autotimm[serve]"` (FastAPI, uvicorn)."""
+Start a web service for a trained classifier (a .ckpt checkpoint, an .onnx
+export or an ensemble folder): a REST API to post images to and a web page to
+try it. Stop it with Ctrl+C. Needs `pip install "autotimm[serve]"` (FastAPI,
+uvicorn)."""
 EXAMPLES = """\
 examples:
   autotimm serve runs/pets/checkpoints/last.ckpt
@@ -27,11 +28,11 @@ class ServeConfig:
     """Options of ``autotimm serve``.
 
     Args:
-        ckpt: The model: a .ckpt checkpoint or an .onnx export.
+        ckpt: The model: a .ckpt checkpoint, an .onnx export or an ensemble folder (from `autotimm auto`).
         host: Address to listen on; 0.0.0.0 accepts connections from other machines.
         port: Port to listen on, in [1, 65536).
         top_k: Labels per image when a request does not say (>= 1, at most the model's classes).
-        device: Where a .ckpt model runs: cpu, cuda, cuda:1, ...
+        device: Where a .ckpt model or an ensemble runs: cpu, cuda, cuda:1, auto (CUDA when available), ...
         max_batch_size: Images per model call at most; concurrent requests share calls (>= 1; 1 turns it off).
         batch_window_ms: How long a request waits for others to share its model call, in milliseconds (>= 0).
         max_upload_bytes: The largest image upload accepted (>= 1).
@@ -63,20 +64,20 @@ def run(config: ServeConfig) -> int:
         0 once the server stops.
 
     Raises:
-        FileNotFoundError: No such model file.
+        FileNotFoundError: No such model file or folder.
         ImportError: The service or its dependencies are not installed.
     """
-    from autotimm.cli.common import require_file
+    from autotimm.cli.common import load_predictor, model_path
 
-    path = require_file(config.ckpt, "CKPT", "a .ckpt checkpoint or an .onnx export")
+    model_path(config.ckpt)  # before the imports: a bad CKPT is the first error
     try:
-        from autotimm.serving.app import load_model, run_server
+        from autotimm.serving.app import run_server
     except ImportError as err:
         raise ImportError(
             f'autotimm serve needs the service dependencies: pip install "autotimm[serve]" ({err})'
         ) from err
     _check_port(config.host, config.port)
-    model = load_model(str(path), device=config.device)  # before uvicorn: a bad file is a one-line error
+    model = load_predictor(config.ckpt, config.device)  # before uvicorn: a bad file is a one-line error
     try:
         run_server(
             model,

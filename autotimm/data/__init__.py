@@ -12,7 +12,15 @@ if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load 
     from autotimm.data.csv_source import read_csv_files
     from autotimm.data.datamodule import ImageDataModule
     from autotimm.data.dataset import ImageDataset
-    from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, check_images, load_image
+    from autotimm.data.images import (
+        IMAGE_EXTENSIONS,
+        ImageTooLargeError,
+        array_to_image,
+        check_images,
+        decode_image,
+        list_image_files,
+        load_image,
+    )
     from autotimm.data.loaders import default_num_workers, make_loader
     from autotimm.data.sampling import balanced_class_weights, class_counts, sample_weights
     from autotimm.data.sources import SampleTable, SourceData, read_arrays, read_builtin, read_folder
@@ -34,6 +42,7 @@ __all__ = [
     "SPLIT_FILE_NAME",
     "ImageDataModule",
     "ImageDataset",
+    "ImageTooLargeError",
     "SampleTable",
     "SourceData",
     "array_to_image",
@@ -42,9 +51,11 @@ __all__ = [
     "build_train_transform",
     "check_images",
     "class_counts",
+    "decode_image",
     "default_num_workers",
     "list_augmentation_presets",
     "list_builtin_datasets",
+    "list_image_files",
     "load_builtin_dataset",
     "load_image",
     "make_data_config",

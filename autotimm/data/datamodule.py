@@ -4,13 +4,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, WeightedRandomSampler
 
+from autotimm.checks import require_number
 from autotimm.data.array_batches import BATCHED_AUGMENTATIONS, ArrayBatchDataset, supports_batched_arrays
 from autotimm.data.csv_source import read_csv_files
 from autotimm.data.dataset import ImageDataset
@@ -35,7 +36,6 @@ from autotimm.data.transforms import (
     list_augmentation_presets,
     make_data_config,
 )
-from autotimm.validation import require_number
 
 __all__ = ["ImageDataModule"]
 
@@ -50,6 +50,23 @@ _SOURCE_ARGUMENTS = {
     "dataset",
     "dataset_root",
 }
+_DataModuleT = TypeVar("_DataModuleT", bound="ImageDataModule")
+
+
+def _check_augmentation_argument(augmentation: Any) -> None:
+    if isinstance(augmentation, str):
+        check_augmentation(augmentation)
+    elif not callable(augmentation):
+        raise ValueError(
+            f"`augmentation` must be one of {list_augmentation_presets()} or a transform, got {augmentation!r}"
+        )
+
+
+def _custom_transform(train_transform: Callable | None, augmentation: str | Callable) -> Callable | None:
+    """The custom training transform: ``train_transform``, or ``augmentation`` when it is a transform."""
+    if train_transform is not None:
+        return train_transform
+    return None if isinstance(augmentation, str) else augmentation
 
 
 class ImageDataModule(pl.LightningDataModule):
@@ -163,12 +180,7 @@ class ImageDataModule(pl.LightningDataModule):
         image_mode(in_chans)
         if image_size is not None:
             check_image_size(image_size)
-        if isinstance(augmentation, str):
-            check_augmentation(augmentation)
-        elif not callable(augmentation):
-            raise ValueError(
-                f"`augmentation` must be one of {list_augmentation_presets()} or a transform, got {augmentation!r}"
-            )
+        _check_augmentation_argument(augmentation)
         if class_weights not in (None, "balanced"):
             raise ValueError(f"`class_weights` must be 'balanced' or None, got {class_weights!r}")
 
@@ -180,11 +192,7 @@ class ImageDataModule(pl.LightningDataModule):
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.image_size = image_size
         self.augmentation = augmentation
-        self._train_transform = (
-            train_transform
-            if train_transform is not None
-            else (None if isinstance(augmentation, str) else augmentation)
-        )
+        self._train_transform = _custom_transform(train_transform, augmentation)
         self._eval_transform = eval_transform
         self.in_chans = in_chans
         self.batch_size = batch_size  # public: Lightning's batch-size finder scales it
@@ -212,6 +220,72 @@ class ImageDataModule(pl.LightningDataModule):
         self.in_chans = in_chans
         self._data_config = make_data_config(backbone, in_chans, self.image_size)
         return self
+
+    @classmethod
+    def derived_from(
+        cls: type[_DataModuleT],
+        base: ImageDataModule,
+        *,
+        tables: dict[str, SampleTable] | None = None,
+        augmentation: str | Callable | None = None,
+        batch_size: int | None = None,
+        image_size: int | tuple[int, int] | None = None,
+        in_chans: int | None = None,
+        data_config: dict[str, Any] | None = None,
+    ) -> _DataModuleT:
+        """A data module of this class with the data of the set-up ``base``, changed only where an argument is given.
+
+        The copy shares ``base``'s decoded sample tables (nothing is read
+        again), has no trainer and never writes a split file. ``base`` is left
+        as it is.
+
+        Args:
+            base: A set-up data module.
+            tables: Replacement splits, e.g. subsets or train+val; must hold ``"train"``.
+            augmentation: A preset name or a transform, replacing the base's
+                augmentation and custom training transform.
+            batch_size: Images per batch.
+            image_size: Input size (int or ``(H, W)``).
+            in_chans: Channels fed to the backbone, 1 or 3.
+            data_config: The preprocessing until the next `configure_for`, as
+                `data_config` gives it; ``None`` keeps the base's, or timm's
+                defaults when ``image_size`` or ``in_chans`` changes.
+
+        Returns:
+            The new data module.
+
+        Raises:
+            RuntimeError: ``base`` is not set up.
+            ValueError: An argument out of range, or ``tables`` without ``"train"``.
+        """
+        base._require_setup()
+        if tables is not None and "train" not in tables:
+            raise ValueError(f"`tables` must hold a 'train' split, got {list(tables)}")
+        if augmentation is not None:
+            _check_augmentation_argument(augmentation)
+        if batch_size is not None:
+            require_number("batch_size", batch_size, 1, integer=True)
+        if image_size is not None:
+            check_image_size(image_size)
+        if in_chans is not None:
+            image_mode(in_chans)
+        new = cls.__new__(cls)
+        new.__dict__.update(base.__dict__)  # the same source, settings and decoded tables
+        new.trainer = None
+        new.output_dir = None  # the base wrote the split file; copies never rewrite it
+        if tables is not None:
+            new._tables = dict(tables)
+        if augmentation is not None:
+            new.augmentation, new._train_transform = augmentation, _custom_transform(None, augmentation)
+        if batch_size is not None:
+            new.batch_size = batch_size
+        if image_size is not None or in_chans is not None:
+            new.image_size = base.image_size if image_size is None else image_size
+            new.in_chans = base.in_chans if in_chans is None else in_chans
+            new._data_config = None
+        if data_config is not None:
+            new._data_config = dict(data_config)
+        return new
 
     @property
     def data_config(self) -> dict[str, Any]:
@@ -242,6 +316,11 @@ class ImageDataModule(pl.LightningDataModule):
         if self._train_transform is not None:
             return self._train_transform
         return build_train_transform(self.augmentation, self.data_config)
+
+    @property
+    def custom_train_transform(self) -> Callable | None:
+        """The training transform given as ``train_transform`` or ``augmentation``; ``None`` with a preset."""
+        return self._train_transform
 
     @property
     def eval_transform(self) -> Callable:
@@ -311,6 +390,15 @@ class ImageDataModule(pl.LightningDataModule):
         return list(self._require_setup())
 
     @property
+    def tables(self) -> dict[str, SampleTable]:
+        """The sample table of each split, by split name (after `setup`).
+
+        Raises:
+            RuntimeError: The data module is not set up yet.
+        """
+        return dict(self._require_setup())
+
+    @property
     def class_counts(self) -> dict[str, list[int]]:
         """Images per class in each split (for multi-label: images having the label), after `setup`."""
         tables = self._require_setup()
@@ -364,13 +452,19 @@ class ImageDataModule(pl.LightningDataModule):
         transform = self.train_transform if augment else self.eval_transform
         return ImageDataset(tables[split], len(self._class_names), transform, self.in_chans, self._multi_label)
 
-    def _num_workers(self) -> int:
+    @property
+    def loader_workers(self) -> int:
+        """Worker processes of every loader: `num_workers`, or by default 0 for arrays and `default_num_workers()`.
+
+        Raises:
+            RuntimeError: ``num_workers`` is ``None`` and the data module is not set up yet.
+        """
         if self.num_workers is not None:
             return self.num_workers
         return 0 if self._require_setup()["train"].array is not None else default_num_workers()
 
     def _loader(self, dataset: ImageDataset, batch_size: int | None = None, **kwargs: Any) -> DataLoader:
-        return make_loader(dataset, batch_size or self.batch_size, self._num_workers(), **kwargs)
+        return make_loader(dataset, batch_size or self.batch_size, self.loader_workers, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches; with ``balanced_sampling`` drawn by a `WeightedRandomSampler`.

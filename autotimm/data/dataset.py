@@ -16,9 +16,9 @@ __all__ = ["ImageDataset"]
 class ImageDataset(Dataset):
     """Images of one split, as ``(image, target)`` pairs.
 
-    Images are decoded with Pillow (files) or taken from the array, converted
-    to ``in_chans`` channels (``"L"`` or ``"RGB"``) and passed through
-    ``transform``.
+    Images are decoded with Pillow (files upright by their EXIF orientation, by
+    ``autotimm.data.images.decode_image``) or taken from the array, converted to
+    ``in_chans`` channels (``"L"`` or ``"RGB"``) and passed through ``transform``.
 
     Args:
         table: The split's samples.

@@ -1,23 +1,33 @@
-"""Decoding images with Pillow into the channels a backbone expects, and checking files up front."""
+"""Decoding images with Pillow into the channels a backbone expects, listing and checking files up front.
+
+``decode_image`` is the one place where image files and bytes are decoded (training, evaluation, prediction and
+the REST service all go through it), and ``list_image_files`` the one place where folders are searched for images.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import warnings
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import BinaryIO
 
 import numpy as np
-from PIL import Image
+from PIL import ExifTags, Image, ImageOps
 
 __all__ = [
     "IMAGE_EXTENSIONS",
     "READ_ERRORS",
+    "ImageTooLargeError",
     "array_to_image",
     "check_images",
     "convert_image",
+    "decode_image",
     "image_mode",
+    "list_image_files",
     "load_image",
     "read_problem",
     "unreadable_image_error",
@@ -81,12 +91,77 @@ def convert_image(image: Image.Image, in_chans: int = 3) -> Image.Image:
     return _convert(image, image_mode(in_chans))
 
 
+class ImageTooLargeError(ValueError):
+    """An image has more pixels than the ``max_pixels`` of ``decode_image``.
+
+    Args:
+        width: The image's width in pixels.
+        height: Its height.
+        max_pixels: The limit.
+        image_format: Its format, as Pillow names it (``"PNG"``, ``"JPEG"``, ...).
+    """
+
+    def __init__(self, width: int, height: int, max_pixels: int, image_format: str | None) -> None:
+        super().__init__(f"{width}x{height} pixels; the limit is {max_pixels:,} pixels ({image_format})")
+        self.width, self.height, self.max_pixels, self.image_format = width, height, max_pixels, image_format
+
+
+#: EXIF orientations (tag 0x0112) other than 1 (upright); they ask for a flip and/or a rotation.
+_TURNED = frozenset(range(2, 9))
+
+
+def _upright(image: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation of a loaded image in place, as photo viewers do; a no-op without one."""
+    try:
+        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
+    except Exception:  # malformed EXIF (Pillow raises many kinds): keep the stored pixels
+        return image
+    if orientation in _TURNED:
+        # Raising here means the pixels are turned and only rewriting the EXIF block failed: keep them.
+        with contextlib.suppress(Exception):
+            ImageOps.exif_transpose(image, in_place=True)
+    return image
+
+
+def decode_image(source: str | os.PathLike[str] | bytes | BinaryIO, max_pixels: int | None = None) -> Image.Image:
+    """Decode an image file or bytes with Pillow, fully, upright by its EXIF orientation.
+
+    Every image read from a file or from bytes goes through here. A photo whose
+    EXIF orientation tag is not 1 (e.g. 6, "rotate 90 degrees clockwise to view")
+    is flipped and rotated as photo viewers show it, and the tag is removed;
+    images without the tag (or with 1) are returned as stored, without a copy.
+    The mode is not changed (``load_image`` converts it).
+
+    Args:
+        source: A file path, the file's bytes, or a binary file object.
+        max_pixels: Refuse images with more pixels (width times height) before
+            their pixels are decoded; ``None``: only Pillow's decompression-bomb limit.
+
+    Returns:
+        The decoded image, fully loaded (a file is closed).
+
+    Raises:
+        OSError: The file is missing, unreadable or truncated (``PIL.UnidentifiedImageError``
+            when it is not an image).
+        ImageTooLargeError: More than ``max_pixels`` pixels.
+        PIL.Image.DecompressionBombError: Far more pixels than Pillow allows.
+    """
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        source = io.BytesIO(source)
+    with Image.open(source) as image:
+        if max_pixels is not None and image.width * image.height > max_pixels:
+            raise ImageTooLargeError(image.width, image.height, max_pixels, image.format)
+        image.load()
+        return _upright(image)
+
+
 def load_image(path: str | Path, in_chans: int = 3) -> Image.Image:
     """Decode an image file with Pillow and convert it to ``in_chans`` channels.
 
-    Grayscale, palette, CMYK and RGBA images all become ``"L"`` (one channel) or
-    ``"RGB"`` (three channels); an alpha channel is dropped, and 16-bit or float
-    grayscale images are scaled to 8 bits.
+    Decoded by ``decode_image``, so upright by its EXIF orientation. Grayscale,
+    palette, CMYK and RGBA images all become ``"L"`` (one channel) or ``"RGB"``
+    (three channels); an alpha channel is dropped, and 16-bit or float grayscale
+    images are scaled to 8 bits.
 
     Args:
         path: The image file.
@@ -99,9 +174,7 @@ def load_image(path: str | Path, in_chans: int = 3) -> Image.Image:
         OSError: The file is missing, unreadable or truncated.
     """
     mode = image_mode(in_chans)
-    with Image.open(path) as image:
-        image.load()
-        return _convert(image, mode)
+    return _convert(decode_image(path), mode)
 
 
 def array_to_image(array: np.ndarray, in_chans: int = 3) -> Image.Image:
@@ -118,6 +191,72 @@ def array_to_image(array: np.ndarray, in_chans: int = 3) -> Image.Image:
     if array.ndim == 3 and array.shape[2] == 1:
         array = array[:, :, 0]
     return _convert(Image.fromarray(np.ascontiguousarray(array)), mode)
+
+
+def _is_image_name(name: str) -> bool:
+    return not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+
+
+def _inside(folder: str, path: str) -> bool:
+    """Whether real path ``path`` is ``folder`` or inside it."""
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+
+
+def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
+    """Image files under ``folder``, recursively and sorted, following symbolic links, skipping hidden names.
+
+    The one folder search of training data (class folders) and of prediction
+    inputs. Files and folders whose names start with ``"."`` are skipped
+    (``.ipynb_checkpoints``); symlinked files and folders are followed. A
+    symlinked folder that leads back to a folder it is in (a loop, such as a
+    link to its parent) is skipped, with one warning that names it. A symlink
+    to a missing file with an image extension is listed, so that reading it
+    reports the file as missing instead of it being left out silently.
+
+    Args:
+        folder: The folder to search.
+
+    Returns:
+        Paths under ``folder`` (not resolved: through the links, as the folder
+        shows them) of files with an image extension (``IMAGE_EXTENSIONS``,
+        case-insensitive), sorted.
+    """
+    root = Path(folder)
+    found: list[Path] = []
+    loops: list[str] = []
+
+    def walk(directory: Path, chain: list[str]) -> None:
+        try:
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except OSError:  # unreadable or vanished: skipped, as os.walk and Path.rglob do
+            return
+        for entry in entries:
+            if entry.name.startswith("."):
+                continue
+            path = directory / entry.name
+            try:
+                is_dir, is_link = entry.is_dir(), entry.is_symlink()
+            except OSError:
+                continue
+            if is_dir:
+                real = os.path.realpath(path) if is_link else os.path.join(chain[-1], entry.name)
+                if is_link and any(_inside(real, outer) for outer in chain):
+                    loops.append(f"{str(path)!r} -> {real!r}")
+                    continue
+                walk(path, [*chain, real])
+            elif _is_image_name(entry.name) and (entry.is_file() or (is_link and not os.path.exists(path))):
+                found.append(path)
+
+    walk(root, [os.path.realpath(root)])
+    if loops:
+        warnings.warn(
+            f"Skipped {len(loops)} symlinked folder(s) under {str(root)!r} that lead back to a folder they are in "
+            f"(a symlink loop): {', '.join(loops[:3])}{' ...' if len(loops) > 3 else ''}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return sorted(found)
 
 
 #: What Pillow raises for a file it cannot read (``FileNotFoundError`` is an ``OSError``).
@@ -154,8 +293,7 @@ def usable_cores() -> int:
 
 def _problem(path: Path) -> str | None:
     try:
-        with Image.open(path) as image:
-            image.load()  # a full decode: verify() misses truncated files
+        decode_image(path)  # a full decode, as training does: verify() misses truncated files
     except READ_ERRORS as err:
         return read_problem(err)
     return None

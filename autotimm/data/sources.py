@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, check_images, load_image
+from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, check_images, list_image_files, load_image
 
 __all__ = [
     "SampleTable",
@@ -119,12 +119,6 @@ def _is_image(path: Path) -> bool:
     return path.is_file() and path.suffix.lower() in IMAGE_EXTENSIONS and not path.name.startswith(".")
 
 
-def _images_in(folder: Path) -> list[Path]:
-    """Image files under ``folder``, recursively, skipping hidden files and folders (``.ipynb_checkpoints``)."""
-    files = (p for p in folder.rglob("*") if _is_image(p))
-    return sorted(p for p in files if not any(part.startswith(".") for part in p.relative_to(folder).parts))
-
-
 def _class_folders(folder: Path, argument: str) -> list[Path]:
     subdirs = {p.name: p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")}
     if subdirs:
@@ -154,7 +148,7 @@ def _read_class_folders(
     mapping = {name: i for i, name in enumerate(class_names if class_names is not None else names)}
     items: list[str] = []
     targets: list[int] = []
-    found = {subdir: _images_in(subdir) for subdir in subdirs}
+    found = {subdir: list_image_files(subdir) for subdir in subdirs}
     if not any(found.values()):
         raise ValueError(
             f"{argument} {str(folder)!r} has no images in its {len(subdirs)} class folder(s); supported types: "
@@ -177,8 +171,11 @@ def read_folder(data_dir: str | Path) -> SourceData:
     Either ``data_dir/<class>/<image>`` (one pool, split later), or
     ``data_dir/train/<class>/<image>`` with optional ``val/`` (also ``valid/``,
     ``validation/``) and ``test/`` folders, used as given. Class folders are
-    searched recursively, skipping hidden files and folders; class indices
-    follow the sorted training folder names (numerically when all are integers).
+    searched recursively by ``autotimm.data.images.list_image_files``: symlinked
+    files and folders are followed (a symlink loop is skipped with a warning),
+    hidden files and folders skipped; class indices follow the sorted training
+    folder names (numerically when all are integers). Images are decoded upright
+    by their EXIF orientation.
 
     Args:
         data_dir: The root folder.

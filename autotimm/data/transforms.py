@@ -9,6 +9,8 @@ import timm.data
 from torch import nn
 from torchvision import transforms as T
 
+from autotimm.checks import is_int
+
 __all__ = [
     "AUGMENTATION_PRESETS",
     "backbone_in_chans",
@@ -83,10 +85,10 @@ def check_image_size(image_size: int | Sequence[int]) -> tuple[int, int]:
     Raises:
         ValueError: Not a positive int or a pair of them.
     """
-    size = (image_size, image_size) if isinstance(image_size, int) else tuple(image_size)
-    if len(size) != 2 or not all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size):
+    size = (image_size, image_size) if is_int(image_size) else tuple(image_size)
+    if len(size) != 2 or not all(is_int(s) and s > 0 for s in size):
         raise ValueError(f"`image_size` must be a positive int or an (height, width) pair, got {image_size!r}")
-    return size  # type: ignore[return-value]
+    return int(size[0]), int(size[1])
 
 
 def make_data_config(

@@ -19,8 +19,9 @@ import torch
 from torch.nn import functional as F
 from torchmetrics.functional.classification import multiclass_calibration_error
 
+from autotimm.checks import require_number
 from autotimm.evaluation.labelled_data import check_single_label, resolve_labelled_data
-from autotimm.prediction.predict import softmax as prediction_softmax
+from autotimm.prediction.predict import softmax
 
 __all__ = [
     "TEMPERATURE_RANGE",
@@ -32,7 +33,6 @@ __all__ = [
     "negative_log_likelihood",
     "reliability_bins",
     "set_temperature",
-    "softmax",
 ]
 
 #: The range a fitted temperature is clamped to.
@@ -59,11 +59,6 @@ def _as_scores_and_labels(scores: Any, labels: Any, name: str) -> tuple[torch.Te
     if name == "probs" and (float(s.min()) < 0 or float(s.max()) > 1):
         raise ValueError("`probs` must be probabilities in [0, 1] (apply softmax to logits first)")
     return s, y
-
-
-def _check_bins(n_bins: int) -> None:
-    if isinstance(n_bins, bool) or not isinstance(n_bins, int) or n_bins < 1:
-        raise ValueError(f"`n_bins` must be an integer >= 1, got {n_bins!r}")
 
 
 # ---------------------------------------------------------------------- ECE and bins
@@ -94,7 +89,7 @@ def expected_calibration_error(probs: Any, labels: Any, n_bins: int = 15) -> flo
         >>> round(expected_calibration_error([[0.9, 0.1], [0.3, 0.7]], [0, 0], n_bins=2), 4)
         0.3
     """
-    _check_bins(n_bins)
+    require_number("n_bins", n_bins, 1, integer=True)
     p, y = _as_scores_and_labels(probs, labels, "probs")
     ece = multiclass_calibration_error(p.clamp(max=_BELOW_ONE), y, num_classes=p.shape[1], n_bins=n_bins, norm="l1")
     return float(ece)
@@ -146,7 +141,7 @@ def reliability_bins(probs: Any, labels: Any, n_bins: int = 15) -> ReliabilityBi
     Raises:
         ValueError: Bad shapes, labels out of range, values that are not probabilities.
     """
-    _check_bins(n_bins)
+    require_number("n_bins", n_bins, 1, integer=True)
     p, y = _as_scores_and_labels(probs, labels, "probs")
     confidence, predicted = p.clamp(max=_BELOW_ONE).max(dim=1)
     correct = predicted.eq(y).float()
@@ -271,16 +266,6 @@ class CalibrationResult:
         )
 
 
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    """Numerically stable softmax of ``logits / temperature`` over the last axis, in float64.
-
-    Example:
-        >>> softmax(np.array([[0.0, 0.0]])).tolist()
-        [[0.5, 0.5]]
-    """
-    return prediction_softmax(np.asarray(logits, dtype=np.float64) / float(temperature))
-
-
 def set_temperature(model: Any, temperature: float) -> None:
     """Store ``temperature`` in ``model.temperature``: in place for a tensor buffer, else as an attribute.
 
@@ -335,9 +320,8 @@ def calibrate_model(
         ValueError: Unusable data (see ``resolve_labelled_data``), a multi-label
             model, or ``batch_size``/``n_bins`` < 1.
     """
-    _check_bins(n_bins)
-    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be an integer >= 1, got {batch_size!r}")
+    require_number("n_bins", n_bins, 1, integer=True)
+    require_number("batch_size", batch_size, 1, integer=True)
     check_single_label(model, "calibrate")
     sources, labels = resolve_labelled_data(data, model.class_names, split=split)
     logits, _ = model.predict_logits(sources, batch_size=batch_size, progress=progress)

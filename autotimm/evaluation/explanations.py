@@ -22,6 +22,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from autotimm.checks import is_int, require_number
 from autotimm.prediction.inputs import collect_inputs
 
 __all__ = ["EXPLAIN_METHODS", "Explanation", "explain"]
@@ -112,8 +113,7 @@ class Explanation:
 
 # ---------------------------------------------------------------------- checks
 def _check_alpha(alpha: Any) -> float:
-    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0.0 <= alpha <= 1.0:
-        raise ValueError(f"`alpha` must be a number in [0, 1], got {alpha!r}")
+    require_number("alpha", alpha, 0, 1, high_closed=True)
     return float(alpha)
 
 
@@ -131,7 +131,7 @@ def _resolve_target(target: Any, class_names: Sequence[str]) -> int:
             return list(class_names).index(target)
         shown = ", ".join(repr(n) for n in class_names[:20]) + (", ..." if count > 20 else "")
         raise ValueError(f"`target` {target!r} is not a class name; the model's classes are {shown}")
-    if isinstance(target, (int, np.integer)) and not isinstance(target, bool):
+    if is_int(target):
         if 0 <= int(target) < count:
             return int(target)
         raise ValueError(f"`target` index {int(target)} is out of range; use 0 to {count - 1} or a class name")

@@ -104,7 +104,7 @@ def _from_datamodule(data: Any, model_names: Sequence[str], split: str) -> tuple
     data.setup()  # runs once; later calls do nothing
     if data.multi_label:
         raise ValueError("`data` is multi-label; evaluation and calibration support single-label data only for now")
-    table = _pick_split(data._require_setup(), split, "the ImageDataModule")
+    table = _pick_split(data.tables, split, "the ImageDataModule")
     return _from_table(table, data.class_names, model_names, "The ImageDataModule")
 
 

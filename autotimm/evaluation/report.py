@@ -26,9 +26,12 @@ from torchmetrics.functional.classification import (
     multiclass_recall,
 )
 
-from autotimm.evaluation.calibration import expected_calibration_error, negative_log_likelihood, softmax
+from autotimm.checks import require_number
+from autotimm.evaluation.calibration import expected_calibration_error, negative_log_likelihood
 from autotimm.evaluation.labelled_data import check_single_label, resolve_labelled_data
 from autotimm.evaluation.plots import image_grid_figure, message_figure, reliability_diagram, save_figure
+from autotimm.prediction.inputs import ImageSource
+from autotimm.prediction.predict import softmax
 from autotimm.training.diagnostics import confusion_matrix_figure
 
 __all__ = ["EvaluationReport", "classification_metrics", "evaluate"]
@@ -168,6 +171,36 @@ def classification_metrics(logits: np.ndarray, labels: np.ndarray, top_k: int = 
     return out
 
 
+# ---------------------------------------------------------------------- what evaluate passes on
+@dataclass
+class _Predictions:
+    """The labelled images and the model's logits on them."""
+
+    class_names: list[str]
+    sources: list[ImageSource]
+    labels: np.ndarray
+    logits: np.ndarray
+
+    @property
+    def ids(self) -> list[str]:
+        """Each image's file path, or ``#<index>`` for an image in memory."""
+        return [s.source if s.source is not None else f"#{i}" for i, s in enumerate(self.sources)]
+
+
+@dataclass
+class _Computed:
+    """Everything computed from the logits: metrics, probabilities and calibration."""
+
+    metrics: dict[str, Any]
+    temperature: float
+    raw: np.ndarray
+    calibrated: np.ndarray
+    ece_before: float
+    ece_after: float
+    nll_before: float
+    nll_after: float
+
+
 # ---------------------------------------------------------------------- printing
 def _print_tables(report: EvaluationReport) -> None:
     from rich.console import Console
@@ -197,38 +230,118 @@ def _print_tables(report: EvaluationReport) -> None:
 
 
 # ---------------------------------------------------------------------- files
-def _write_tables(report: EvaluationReport, out: Path) -> None:
-    with open(out / "per_class.csv", "w", newline="") as handle:
+def _write_tables(report: EvaluationReport) -> None:
+    with open(report.files["per_class_csv"], "w", newline="") as handle:
         writer = csv.DictWriter(handle, fieldnames=list(_PER_CLASS_KEYS))
         writer.writeheader()
         writer.writerows(report.per_class)
-    (out / "per_class.json").write_text(json.dumps(report.per_class, indent=2))
+    report.files["per_class_json"].write_text(json.dumps(report.per_class, indent=2))
 
 
-def _write_predictions(path: Path, ids: list[str], labels: np.ndarray, probs: np.ndarray, names: list[str]) -> None:
+def _write_predictions(path: Path, predictions: _Predictions, probs: np.ndarray) -> None:
+    names, labels = predictions.class_names, predictions.labels
     preds = probs.argmax(axis=1)
     with open(path, "w", newline="") as handle:
         writer = csv.writer(handle)
         writer.writerow(["index", "source", "true", "predicted", "probability", "true_probability", "correct"])
-        for i, (source, y, p) in enumerate(zip(ids, labels, preds, strict=True)):
+        for i, (source, y, p) in enumerate(zip(predictions.ids, labels, preds, strict=True)):
             writer.writerow([i, source, names[y], names[p], f"{probs[i, p]:.6f}", f"{probs[i, y]:.6f}", int(p == y)])
 
 
-def _confidently_wrong(
-    model: Any,
-    sources: list[Any],
-    ids: list[str],
-    labels: np.ndarray,
-    probs: np.ndarray,
-    names: list[str],
-    count: int,
-    path: Path,
-) -> list[dict[str, Any]]:
+def _write_files(report: EvaluationReport, predictions: _Predictions, computed: _Computed) -> None:
+    """Write ``per_class.csv``/``.json``, ``predictions.csv`` and, last, ``metrics.json`` (which lists every file)."""
+    _write_tables(report)
+    _write_predictions(report.files["predictions"], predictions, computed.calibrated)
+    report.files["metrics"].write_text(json.dumps(report.to_dict(), indent=2))
+
+
+# ---------------------------------------------------------------------- figures
+def _confidently_wrong_figure(
+    model: Any, predictions: _Predictions, rows: list[dict[str, Any]], probs: np.ndarray
+) -> Any:
+    """A grid of the most confidently wrong images (``rows``), or a message image when every prediction is right."""
+    labels = predictions.labels
+    if not rows:
+        return message_figure(f"No misclassified images: all {len(labels)} predictions are right.")
+    wrong = int(np.count_nonzero(probs.argmax(axis=1) != labels))
+    pre = model.preprocessor
+    images = [pre.denormalize(pre(predictions.sources[row["index"]].load(pre.in_chans))) for row in rows]
+    titles = []
+    for row in rows:
+        text = f"true: {row['true']}\npred: {row['predicted']} ({row['probability']:.2f})"
+        if not row["source"].startswith("#"):
+            text += f"\n{Path(row['source']).name[:28]}"
+        titles.append(text)
+    return image_grid_figure(images, titles, columns=4, title=f"Most confidently wrong ({wrong} wrong)")
+
+
+def _draw_figures(model: Any, report: EvaluationReport, predictions: _Predictions, computed: _Computed) -> None:
+    """Save the confusion matrices, the reliability diagram and (when asked for) the confidently wrong images."""
+    files, names, labels = report.files, predictions.class_names, predictions.labels
+    matrix = np.asarray(report.confusion_matrix)
+    save_figure(confusion_matrix_figure(matrix, names, title="Confusion matrix (counts)"), files["confusion_matrix"])
+    shares = confusion_matrix_figure(matrix, names, normalize=True, title="Confusion matrix (share of each true class)")
+    save_figure(shares, files["confusion_matrix_normalized"])
+    temperature = computed.temperature
+    calibrated = computed.calibrated if temperature != 1.0 else None
+    diagram = reliability_diagram(computed.raw, labels, report.n_bins, calibrated, temperature)
+    save_figure(diagram, files["reliability_diagram"])
+    if "confidently_wrong" in files:
+        figure = _confidently_wrong_figure(model, predictions, report.confidently_wrong, computed.calibrated)
+        save_figure(figure, files["confidently_wrong"])
+
+
+# ---------------------------------------------------------------------- steps of evaluate
+def _check_arguments(batch_size: Any, top_k: Any, n_bins: Any, num_wrong: Any) -> None:
+    require_number("batch_size", batch_size, 1, integer=True)
+    require_number("top_k", top_k, 1, integer=True)
+    require_number("n_bins", n_bins, 1, integer=True)
+    require_number("num_wrong", num_wrong, 0, integer=True)
+
+
+def _predict(
+    model: Any, data: Any, split: str, batch_size: int, tta: bool | str, progress: bool | None
+) -> _Predictions:
+    """Resolve the labelled images and run the model on them.
+
+    Raises:
+        ValueError: Unusable data, or logits of the wrong shape.
+    """
+    names = [str(n) for n in model.class_names]
+    sources, labels = resolve_labelled_data(data, names, split=split)
+    logits, _ = model.predict_logits(sources, batch_size=batch_size, tta=tta, progress=progress)
+    logits = np.asarray(logits, dtype=np.float64)
+    if logits.shape != (len(labels), len(names)):
+        raise ValueError(
+            f"`predict_logits` returned shape {logits.shape} for {len(labels)} images and {len(names)} classes"
+        )
+    return _Predictions(names, sources, labels, logits)
+
+
+def _compute(predictions: _Predictions, temperature: float, top_k: int, n_bins: int) -> _Computed:
+    """The classification metrics, and the calibration with temperature 1 and with the model's."""
+    logits, labels = predictions.logits, predictions.labels
+    raw, calibrated = softmax(logits), softmax(logits, temperature)
+    return _Computed(
+        metrics=classification_metrics(logits, labels, top_k),
+        temperature=temperature,
+        raw=raw,
+        calibrated=calibrated,
+        ece_before=expected_calibration_error(raw, labels, n_bins),
+        ece_after=expected_calibration_error(calibrated, labels, n_bins),
+        nll_before=negative_log_likelihood(logits, labels),
+        nll_after=negative_log_likelihood(logits, labels, temperature),
+    )
+
+
+def _confidently_wrong(predictions: _Predictions, probs: np.ndarray, count: int) -> list[dict[str, Any]]:
+    """The ``count`` wrong predictions made with the highest probability, most confident first."""
+    names, labels, ids = predictions.class_names, predictions.labels, predictions.ids
     preds = probs.argmax(axis=1)
     confidence = probs[np.arange(len(preds)), preds]
     wrong = np.flatnonzero(preds != labels)
     chosen = wrong[np.argsort(-confidence[wrong], kind="stable")][:count]
-    rows = [
+    return [
         {
             "index": int(i),
             "source": ids[i],
@@ -238,20 +351,59 @@ def _confidently_wrong(
         }
         for i in chosen
     ]
-    if not rows:
-        figure = message_figure(f"No misclassified images: all {len(labels)} predictions are right.")
-    else:
-        pre = model.preprocessor
-        images = [pre.denormalize(pre(sources[i].load(pre.in_chans))) for i in chosen]
-        titles = []
-        for row in rows:
-            text = f"true: {row['true']}\npred: {row['predicted']} ({row['probability']:.2f})"
-            if not row["source"].startswith("#"):
-                text += f"\n{Path(row['source']).name[:28]}"
-            titles.append(text)
-        figure = image_grid_figure(images, titles, columns=4, title=f"Most confidently wrong ({len(wrong)} wrong)")
-    save_figure(figure, path)
-    return rows
+
+
+def _report_files(out: Path, num_wrong: int) -> dict[str, Path]:
+    """The files of the report folder, by kind (``confidently_wrong`` only with ``num_wrong > 0``)."""
+    files = {
+        "metrics": out / "metrics.json",
+        "per_class_csv": out / "per_class.csv",
+        "per_class_json": out / "per_class.json",
+        "predictions": out / "predictions.csv",
+        "confusion_matrix": out / "confusion_matrix.png",
+        "confusion_matrix_normalized": out / "confusion_matrix_normalized.png",
+        "reliability_diagram": out / "reliability_diagram.png",
+    }
+    if num_wrong > 0:
+        files["confidently_wrong"] = out / "confidently_wrong.png"
+    return files
+
+
+def _build_report(
+    predictions: _Predictions,
+    computed: _Computed,
+    n_bins: int,
+    num_wrong: int,
+    split: str | None,
+    tta: bool | str,
+    output_dir: Path,
+) -> EvaluationReport:
+    """The report of the computed numbers, the confidently wrong images and the files it is to write."""
+    metrics, names = computed.metrics, predictions.class_names
+    return EvaluationReport(
+        num_images=len(predictions.labels),
+        class_names=names,
+        accuracy=metrics["accuracy"],
+        top_k=metrics["top_k"],
+        top_k_accuracy=metrics["top_k_accuracy"],
+        **{f"{m}_{avg}": metrics[f"{m}_{avg}"] for m in ("precision", "recall", "f1") for avg in ("macro", "weighted")},
+        per_class=[
+            {key: (name if key == "class" else metrics[key][c]) for key in _PER_CLASS_KEYS}
+            for c, name in enumerate(names)
+        ],
+        confusion_matrix=metrics["confusion_matrix"],
+        temperature=computed.temperature,
+        ece_before=computed.ece_before,
+        ece_after=computed.ece_after,
+        nll_before=computed.nll_before,
+        nll_after=computed.nll_after,
+        n_bins=n_bins,
+        split=split,
+        tta=tta,
+        confidently_wrong=_confidently_wrong(predictions, computed.calibrated, num_wrong) if num_wrong > 0 else [],
+        output_dir=output_dir,
+        files=_report_files(output_dir, num_wrong),
+    )
 
 
 def evaluate(
@@ -305,79 +457,17 @@ def evaluate(
         ValueError: Unusable data (see ``resolve_labelled_data``), a
             multi-label model, or an argument out of range.
     """
-    for name, value, low in (
-        ("batch_size", batch_size, 1),
-        ("top_k", top_k, 1),
-        ("n_bins", n_bins, 1),
-        ("num_wrong", num_wrong, 0),
-    ):
-        if isinstance(value, bool) or not isinstance(value, int) or value < low:
-            raise ValueError(f"`{name}` must be an integer >= {low}, got {value!r}")
+    _check_arguments(batch_size, top_k, n_bins, num_wrong)
     check_single_label(model, "evaluate")
     if tta is None:
         tta = getattr(model, "default_tta", "none")
-    names = [str(n) for n in model.class_names]
-    sources, labels = resolve_labelled_data(data, names, split=split)
-    logits, _ = model.predict_logits(sources, batch_size=batch_size, tta=tta, progress=progress)
-    logits = np.asarray(logits, dtype=np.float64)
-    if logits.shape != (len(labels), len(names)):
-        raise ValueError(
-            f"`predict_logits` returned shape {logits.shape} for {len(labels)} images and {len(names)} classes"
-        )
-    temperature = float(model.temperature)
-    raw, calibrated = softmax(logits), softmax(logits, temperature)
-    metrics = classification_metrics(logits, labels, top_k)
-    report = EvaluationReport(
-        num_images=len(labels),
-        class_names=names,
-        accuracy=metrics["accuracy"],
-        top_k=metrics["top_k"],
-        top_k_accuracy=metrics["top_k_accuracy"],
-        **{f"{m}_{avg}": metrics[f"{m}_{avg}"] for m in ("precision", "recall", "f1") for avg in ("macro", "weighted")},
-        per_class=[
-            {key: (name if key == "class" else metrics[key][c]) for key in _PER_CLASS_KEYS}
-            for c, name in enumerate(names)
-        ],
-        confusion_matrix=metrics["confusion_matrix"],
-        temperature=temperature,
-        ece_before=expected_calibration_error(raw, labels, n_bins),
-        ece_after=expected_calibration_error(calibrated, labels, n_bins),
-        nll_before=negative_log_likelihood(logits, labels),
-        nll_after=negative_log_likelihood(logits, labels, temperature),
-        n_bins=n_bins,
-        split=split if _has_splits(data) else None,
-        tta=tta,
-        output_dir=Path(output_dir),
-    )
-    out = Path(output_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    files = {
-        "metrics": out / "metrics.json",
-        "per_class_csv": out / "per_class.csv",
-        "per_class_json": out / "per_class.json",
-        "predictions": out / "predictions.csv",
-        "confusion_matrix": out / "confusion_matrix.png",
-        "confusion_matrix_normalized": out / "confusion_matrix_normalized.png",
-        "reliability_diagram": out / "reliability_diagram.png",
-    }
-    ids = [s.source if s.source is not None else f"#{i}" for i, s in enumerate(sources)]
-    _write_tables(report, out)
-    _write_predictions(files["predictions"], ids, labels, calibrated, names)
-    matrix = np.asarray(metrics["confusion_matrix"])
-    save_figure(confusion_matrix_figure(matrix, names, title="Confusion matrix (counts)"), files["confusion_matrix"])
-    shares = confusion_matrix_figure(matrix, names, normalize=True, title="Confusion matrix (share of each true class)")
-    save_figure(shares, files["confusion_matrix_normalized"])
-    save_figure(
-        reliability_diagram(raw, labels, n_bins, calibrated if temperature != 1.0 else None, temperature),
-        files["reliability_diagram"],
-    )
-    if num_wrong > 0:
-        files["confidently_wrong"] = out / "confidently_wrong.png"
-        report.confidently_wrong = _confidently_wrong(
-            model, sources, ids, labels, calibrated, names, num_wrong, files["confidently_wrong"]
-        )
-    report.files = files
-    files["metrics"].write_text(json.dumps(report.to_dict(), indent=2))
+    predictions = _predict(model, data, split, batch_size, tta, progress)
+    computed = _compute(predictions, float(model.temperature), top_k, n_bins)
+    split_used = split if _has_splits(data) else None
+    report = _build_report(predictions, computed, n_bins, num_wrong, split_used, tta, Path(output_dir))
+    Path(output_dir).mkdir(parents=True, exist_ok=True)
+    _draw_figures(model, report, predictions, computed)
+    _write_files(report, predictions, computed)
     if verbose:
         _print_tables(report)
     return report

@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from autotimm.checks import require_number
 from autotimm.classifier.module import ImageClassifier
 from autotimm.prediction.metadata import (
     INPUT_NAME,
@@ -35,7 +36,6 @@ from autotimm.prediction.metadata import (
     read_metadata,
     set_onnx_metadata,
 )
-from autotimm.validation import require_number
 
 if TYPE_CHECKING:
     from autotimm.exporting.quantization import QuantizationReport

@@ -9,6 +9,7 @@ if TYPE_CHECKING:  # the public names, for type checkers and the API docs; at ru
         BackboneConfig,
         PretrainedWeightsUnavailableError,
         as_backbone_config,
+        check_model_name,
         create_backbone,
         list_backbones,
     )

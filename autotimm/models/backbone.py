@@ -12,6 +12,8 @@ import timm
 from timm.models import get_arch_pretrained_cfgs, load_pretrained
 from torch import nn
 
+from autotimm.checks import require_number
+
 __all__ = [
     "BackboneConfig",
     "PretrainedWeightsUnavailableError",
@@ -58,11 +60,8 @@ class BackboneConfig:
         if not isinstance(self.model_name, str) or not self.model_name:
             raise ValueError(f"BackboneConfig `model_name` must be a timm model name, got {self.model_name!r}")
         for name in ("drop_rate", "drop_path_rate"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0.0 <= value < 1.0:
-                raise ValueError(f"BackboneConfig `{name}` must be a number in [0, 1), got {value!r}")
-        if isinstance(self.in_chans, bool) or not isinstance(self.in_chans, int) or self.in_chans < 1:
-            raise ValueError(f"BackboneConfig `in_chans` must be a positive int, got {self.in_chans!r}")
+            require_number(name, getattr(self, name), 0, 1, hint="a BackboneConfig field")
+        require_number("in_chans", self.in_chans, 1, integer=True, hint="a BackboneConfig field")
         fields = {"num_classes", "pretrained", "checkpoint_path", "drop_rate", "drop_path_rate", "in_chans"}
         if not isinstance(self.extra_kwargs, dict):
             raise ValueError(f"BackboneConfig `extra_kwargs` must be a dict, got {self.extra_kwargs!r}")

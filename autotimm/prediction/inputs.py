@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, convert_image, load_image
+from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, convert_image, list_image_files, load_image
 
 __all__ = ["ImageSource", "collect_inputs", "image_files", "is_tensor"]
 
@@ -60,18 +60,16 @@ def _is_image_file(path: Path) -> bool:
 def image_files(folder: str | Path) -> list[Path]:
     """Image files under ``folder``, recursively and sorted, skipping hidden files and folders.
 
+    The same search as for training folders (``autotimm.data.images.list_image_files``):
+    symlinked files and folders are followed, and a symlink loop is skipped with a warning.
+
     Args:
         folder: A folder.
 
     Returns:
         The paths of files with an image extension (see ``IMAGE_EXTENSIONS``).
     """
-    root = Path(folder)
-    found = []
-    for directory, subdirs, files in os.walk(root):
-        subdirs[:] = sorted(d for d in subdirs if not d.startswith("."))
-        found += [Path(directory) / name for name in sorted(files) if _is_image_file(Path(name))]
-    return found
+    return list_image_files(folder)
 
 
 def _from_path(value: str | os.PathLike[str]) -> list[ImageSource]:

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from autotimm.checks import require_number
 from autotimm.prediction.inputs import collect_inputs
 from autotimm.prediction.metadata import OUTPUT_NAME, import_onnxruntime, metadata_from_props
 from autotimm.prediction.predict import Prediction, check_predict_arguments, compute_logits, decode
@@ -82,9 +83,8 @@ class OnnxPredictor:
         # and made onnxruntime itself slower on 2 cores (31 -> 22 ms for resnet18).
         options.add_session_config_entry("session.intra_op.allow_spinning", "0")
         if intra_op_threads is not None:
-            if isinstance(intra_op_threads, bool) or not isinstance(intra_op_threads, int) or intra_op_threads < 1:
-                raise ValueError(f"`intra_op_threads` must be a positive integer or None, got {intra_op_threads!r}")
-            options.intra_op_num_threads = intra_op_threads
+            require_number("intra_op_threads", intra_op_threads, 1, integer=True, allow_none=True)
+            options.intra_op_num_threads = int(intra_op_threads)
         try:
             self.session = ort.InferenceSession(str(self.path), options, providers=providers)
         except Exception as err:  # onnxruntime raises its own InvalidProtobuf/Fail errors

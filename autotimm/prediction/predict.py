@@ -16,6 +16,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from autotimm.checks import require_number
 from autotimm.data.images import READ_ERRORS, read_problem, unreadable_image_error, usable_cores
 from autotimm.prediction.inputs import ImageSource
 from autotimm.prediction.preprocess import Preprocessor, check_tta
@@ -73,9 +74,22 @@ class Prediction:
         return f"{self.source or '<image>'}: {shown or '(no label above the threshold)'}"
 
 
-def softmax(logits: np.ndarray) -> np.ndarray:
-    """Numerically stable softmax over the last axis."""
-    shifted = np.exp(logits - logits.max(axis=-1, keepdims=True))
+def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
+    """Numerically stable softmax of ``logits / temperature`` over the last axis, in float64.
+
+    Args:
+        logits: Scores, classes on the last axis.
+        temperature: What the logits are divided by first (see temperature scaling).
+
+    Returns:
+        Probabilities of the shape of ``logits``.
+
+    Example:
+        >>> softmax(np.array([[0.0, 0.0]])).tolist()
+        [[0.5, 0.5]]
+    """
+    scaled = np.asarray(logits, dtype=np.float64) / float(temperature)
+    shifted = np.exp(scaled - scaled.max(axis=-1, keepdims=True))
     return shifted / shifted.sum(axis=-1, keepdims=True)
 
 
@@ -84,18 +98,13 @@ def sigmoid(logits: np.ndarray) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-logits))
 
 
-def _is_int(value: Any) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
-
-
 def check_run_arguments(batch_size: int, tta: bool | str) -> None:
     """Check the arguments every prediction run takes (``predict`` and ``predict_logits`` alike).
 
     Raises:
         ValueError: ``batch_size`` is not a positive integer, or ``tta`` is not a known mode.
     """
-    if not _is_int(batch_size) or batch_size < 1:
-        raise ValueError(f"`batch_size` must be a positive integer, got {batch_size!r}")
+    require_number("batch_size", batch_size, 1, integer=True)
     check_tta(tta)
 
 
@@ -112,11 +121,13 @@ def check_predict_arguments(
     """
     if top_k is None:
         top_k = min(DEFAULT_TOP_K, num_classes)
-    if not _is_int(top_k) or top_k < 1 or (top_k > num_classes and not multi_label):
-        raise ValueError(f"`top_k` must be an integer from 1 to {num_classes} (the model's classes), got {top_k!r}")
+    if multi_label:  # labels above the threshold: top_k caps them, and may exceed the classes
+        require_number("top_k", top_k, 1, integer=True)
+    else:
+        hint = f"the model has {num_classes} classes"
+        require_number("top_k", top_k, 1, num_classes, integer=True, high_closed=True, hint=hint)
     check_run_arguments(batch_size, tta)
-    if not isinstance(threshold, (int, float)) or isinstance(threshold, bool) or not 0.0 < threshold < 1.0:
-        raise ValueError(f"`threshold` must be a number in (0, 1), got {threshold!r}")
+    require_number("threshold", threshold, 0, 1, low_open=True)
     return int(top_k)
 
 

@@ -29,6 +29,8 @@ try:
 except ImportError as _err:  # pragma: no cover - depends on the installation
     raise ImportError('The REST service needs FastAPI: pip install "autotimm[serve]"') from _err
 
+from autotimm.checks import require_number
+from autotimm.classifier.loading import load_model, model_kind
 from autotimm.prediction.predict import Prediction
 from autotimm.serving.batching import MicroBatcher
 from autotimm.serving.http import (
@@ -51,53 +53,6 @@ DEFAULT_MAX_UPLOAD_BYTES = 5 * 1024 * 1024
 #: Room for multipart headers and boundaries on top of the images in a request body.
 _MULTIPART_OVERHEAD = 64 * 1024
 _PAGE = Path(__file__).with_name("web") / "index.html"
-_MODEL_KINDS = "a .ckpt checkpoint, an .onnx file from autotimm.export, or a loaded model with predict and class_names"
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"`{name}` must be a positive integer, got {value!r}")
-    return value
-
-
-def _check_model_argument(model: Any) -> None:
-    if isinstance(model, (str, os.PathLike)):
-        path = Path(model)
-        if path.suffix.lower() not in (".ckpt", ".onnx"):
-            raise ValueError(f"`model` must be {_MODEL_KINDS}; got the file {os.fspath(model)!r}")
-        if not path.is_file():
-            raise FileNotFoundError(f"Model file not found: {os.fspath(model)!r}")
-    elif not (callable(getattr(model, "predict", None)) and hasattr(model, "class_names")):
-        raise TypeError(f"`model` must be {_MODEL_KINDS}; got a {type(model).__name__}")
-
-
-def load_model(model: Any, device: str = "cpu") -> Any:
-    """Load the model a service runs: a checkpoint, an ONNX file, or a model already loaded.
-
-    Args:
-        model: A ``.ckpt`` path ([`ImageClassifier.load`][autotimm.ImageClassifier.load]), an
-            ``.onnx`` path ([`OnnxPredictor`][autotimm.prediction.onnx_predictor.OnnxPredictor]; no torch needed),
-            or an object with ``predict`` and ``class_names`` (returned as is).
-        device: Where a checkpoint's weights go (``"cpu"``, ``"cuda"``); ONNX uses CUDA when available.
-
-    Returns:
-        A model with ``predict(images, top_k=...)`` and ``class_names``.
-
-    Raises:
-        FileNotFoundError: No such file.
-        ValueError: A file that is neither ``.ckpt`` nor ``.onnx``.
-        TypeError: Another kind of object.
-    """
-    _check_model_argument(model)
-    if not isinstance(model, (str, os.PathLike)):
-        return model
-    if Path(model).suffix.lower() == ".onnx":
-        from autotimm.prediction.onnx_predictor import OnnxPredictor
-
-        return OnnxPredictor(model)
-    from autotimm.classifier.module import ImageClassifier
-
-    return ImageClassifier.load(model, map_location=device)
 
 
 def _describe(model: Any, name: str) -> dict[str, Any]:
@@ -218,38 +173,39 @@ def create_app(
     (see [`MicroBatcher`][autotimm.serving.batching.MicroBatcher]).
 
     Args:
-        model: A ``.ckpt`` checkpoint, an ``.onnx`` file written by ``autotimm.export``, or a loaded
-            model (``ImageClassifier``, ``OnnxPredictor``, or anything with ``predict`` and ``class_names``).
+        model: What [`load_model`][autotimm.classifier.loading.load_model] loads: a ``.ckpt`` checkpoint,
+            an ``.onnx`` file written by ``autotimm.export``, a folder written by ``EnsembleClassifier.save``,
+            or a loaded model (``ImageClassifier``, ``OnnxPredictor``, or anything with ``predict`` and
+            ``class_names``).
         top_k: Classes per image when a request gives no ``top_k`` (at most the model's classes).
         max_upload_bytes: The largest image file accepted (413 above).
         max_batch_images: The most images in one ``/predict/batch`` request (413 above).
         batch_window_ms: How long a request waits for others to share its model call.
         max_batch_size: Images per model call at most (1 turns micro-batching off).
         max_image_pixels: The most pixels (width x height) an upload may decode to (413 above).
-        device: Where a checkpoint's weights go (``"cpu"``, ``"cuda"``).
+        device: Where a checkpoint's or an ensemble's weights go (``"cpu"``, ``"cuda"``, ``"auto"``).
 
     Returns:
         The app; serve it with uvicorn, or [`run_server`][autotimm.serving.app.run_server].
 
     Raises:
-        FileNotFoundError: No such model file.
-        ValueError: A model file of another type, or a bad limit.
+        FileNotFoundError: No such model file or folder.
+        ValueError: A model file or folder of another type, or a bad limit.
         TypeError: A ``model`` of another kind.
 
     Example:
         >>> app = create_app("runs/pets/checkpoints/last.ckpt", top_k=3)  # doctest: +SKIP
     """
-    _check_model_argument(model)
-    options = {
-        name: _check_positive_int(name, value)
-        for name, value in [
-            ("top_k", top_k),
-            ("max_upload_bytes", max_upload_bytes),
-            ("max_batch_images", max_batch_images),
-            ("max_batch_size", max_batch_size),
-            ("max_image_pixels", max_image_pixels),
-        ]
+    model_kind(model, "model")
+    options: dict[str, Any] = {
+        "top_k": top_k,
+        "max_upload_bytes": max_upload_bytes,
+        "max_batch_images": max_batch_images,
+        "max_batch_size": max_batch_size,
+        "max_image_pixels": max_image_pixels,
     }
+    for name, value in options.items():
+        require_number(name, value, 1, integer=True)
     options["batch_window_ms"] = batch_window_ms
     service = _Service(model, device, top_k, options)  # checks the batching arguments
 

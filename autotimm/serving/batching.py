@@ -16,6 +16,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
+from autotimm.checks import require_number
 from autotimm.prediction.predict import Prediction
 
 __all__ = ["BatchStats", "MicroBatcher"]
@@ -96,14 +97,8 @@ class MicroBatcher:
     """
 
     def __init__(self, predict: PredictFn, max_batch_size: int = 16, batch_window_ms: float = 5.0) -> None:
-        if isinstance(max_batch_size, bool) or not isinstance(max_batch_size, int) or max_batch_size < 1:
-            raise ValueError(f"`max_batch_size` must be a positive integer, got {max_batch_size!r}")
-        if (
-            isinstance(batch_window_ms, bool)
-            or not isinstance(batch_window_ms, (int, float))
-            or not 0 <= batch_window_ms <= 10_000
-        ):
-            raise ValueError(f"`batch_window_ms` must be a number from 0 to 10000, got {batch_window_ms!r}")
+        require_number("max_batch_size", max_batch_size, 1, integer=True)
+        require_number("batch_window_ms", batch_window_ms, 0, 10_000, high_closed=True)
         self._predict = predict
         self.max_batch_size = max_batch_size
         self.batch_window_ms = float(batch_window_ms)

@@ -16,6 +16,8 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
+from autotimm.data.images import ImageTooLargeError, decode_image
+
 __all__ = [
     "ErrorResponse",
     "HealthResponse",
@@ -93,7 +95,9 @@ def format_bytes(size: int) -> str:
 
 
 def decode_upload(data: bytes, filename: str, max_pixels: int) -> Image.Image:
-    """Decode uploaded bytes with Pillow, or raise the HTTP error that says what is wrong.
+    """Decode uploaded bytes with Pillow, upright by their EXIF orientation, or raise the HTTP error that says why not.
+
+    Decoded by ``autotimm.data.images.decode_image``, as files are for training and prediction.
 
     Raises:
         HTTPException: 400 (empty, corrupt or truncated), 413 (too many pixels), 415 (not an image).
@@ -101,27 +105,27 @@ def decode_upload(data: bytes, filename: str, max_pixels: int) -> Image.Image:
     if not data:
         raise HTTPException(400, f"The upload {filename!r} is empty")
     try:
-        image = Image.open(io.BytesIO(data))
+        return decode_image(data, max_pixels=max_pixels)
     except UnidentifiedImageError:
         raise HTTPException(
             415, f"{filename!r} is not an image (send a PNG, JPEG, WebP, BMP, GIF or TIFF file)"
         ) from None
     except Image.DecompressionBombError:
         raise HTTPException(413, f"{filename!r} has too many pixels to decode safely") from None
-    except Exception as err:  # Pillow raises many kinds for broken headers
-        raise HTTPException(400, f"{filename!r} is a corrupt image ({type(err).__name__}: {err})") from None
-    width, height = image.size
-    if width * height > max_pixels:
-        raise HTTPException(
-            413, f"{filename!r} is {width}x{height} pixels; the limit is {max_pixels:,} pixels ({image.format})"
-        )
+    except ImageTooLargeError as err:
+        raise HTTPException(413, f"{filename!r} is {err}") from None
+    except Exception as err:  # Pillow raises many kinds for broken headers and truncated or corrupt data
+        raise HTTPException(400, _corrupt(data, filename, err)) from None
+
+
+def _corrupt(data: bytes, filename: str, err: Exception) -> str:
+    """Say what is wrong with an upload that Pillow could not decode: its header, or (with its format) its data."""
     try:
-        image.load()
-    except Exception as err:  # truncated or corrupt data: OSError, SyntaxError, ValueError, ...
-        raise HTTPException(
-            400, f"{filename!r} is a corrupt or truncated {image.format} image ({type(err).__name__}: {err})"
-        ) from None
-    return image
+        with Image.open(io.BytesIO(data)) as image:  # the header only: did the decoding fail after it?
+            image_format = image.format
+    except Exception:
+        return f"{filename!r} is a corrupt image ({type(err).__name__}: {err})"
+    return f"{filename!r} is a corrupt or truncated {image_format} image ({type(err).__name__}: {err})"
 
 
 async def _send_json(send: Any, status: int, detail: str) -> None:

@@ -15,6 +15,8 @@ from typing import Any
 import torch
 from pytorch_lightning.callbacks import WeightAveraging
 
+from autotimm.checks import require_number
+
 __all__ = ["EMA", "check_ema_decay", "ema_decay_at"]
 
 
@@ -37,8 +39,7 @@ def check_ema_decay(decay: Any) -> None:
     Raises:
         ValueError: Naming ``ema_decay``, the value and the accepted range.
     """
-    if isinstance(decay, bool) or not isinstance(decay, (int, float)) or not 0 < decay < 1:
-        raise ValueError(f"`ema_decay` must be a number in (0, 1), e.g. 0.999, or None for no EMA, got {decay!r}")
+    require_number("ema_decay", decay, 0, 1, low_open=True, hint="e.g. 0.999; None for no EMA")
 
 
 class EMA(WeightAveraging):

@@ -147,7 +147,7 @@ class FeatureDataModule(pl.LightningDataModule):
         super().__init__()
         if (datamodule is None) == (train_dataloader is None):
             raise ValueError("FeatureDataModule needs either `datamodule` or `train_dataloader`, not both or neither")
-        from autotimm.validation import require_number  # here: autotimm.validation imports this module
+        from autotimm.checks import require_number  # here: autotimm.checks imports this module
 
         for name, value in (("batch_size", batch_size), ("cache_batch_size", cache_batch_size)):
             if value is not None:

@@ -22,6 +22,7 @@ from pytorch_lightning.callbacks import (
 from pytorch_lightning.loggers import TensorBoardLogger
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
+from autotimm.checks import require_number
 from autotimm.optim.schedulers import metric_mode
 from autotimm.training.feature_cache import FeatureDataModule
 from autotimm.training.metrics import MetricManager
@@ -410,9 +411,7 @@ def _check_arguments(output_dir: Any, monitor: Any, mode: Any, patience: Any, se
         raise ValueError(f"`monitor` must be a logged metric name such as 'val/loss', or None, got {monitor!r}")
     if mode not in (None, "min", "max"):
         raise ValueError(f"`mode` must be 'min', 'max' or None, got {mode!r}")
-    if patience is not None and (isinstance(patience, bool) or not isinstance(patience, int) or patience < 0):
-        raise ValueError(f"`early_stopping_patience` must be an int >= 0 or None, got {patience!r}")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise ValueError(f"`seed` must be an int or None, got {seed!r}")
+    require_number("early_stopping_patience", patience, 0, integer=True, allow_none=True)
+    require_number("seed", seed, None, integer=True, allow_none=True)
     if tuner_config is not None and not isinstance(tuner_config, TunerConfig):
         raise ValueError(f"`tuner_config` must be a TunerConfig or None, got {tuner_config!r}")

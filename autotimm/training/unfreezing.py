@@ -8,6 +8,7 @@ from typing import Any
 from torch import nn
 from torch.nn.modules.batchnorm import _NormBase
 
+from autotimm.checks import require_number
 from autotimm.models.stages import backbone_layers
 
 __all__ = ["UnfreezeSchedule", "freeze_norm_statistics"]
@@ -113,14 +114,12 @@ def _parse_schedule(schedule: Any) -> list[tuple[int, int | str]]:
     for epoch, stages in pairs:
         if isinstance(epoch, str) and epoch.isdigit():  # YAML/JSON keys arrive as strings
             epoch = int(epoch)
-        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
-            raise ValueError(f"`unfreeze_schedule` epoch {epoch!r} must be an int >= 0; the schedule is {accepted}")
-        if stages != "all" and (isinstance(stages, bool) or not isinstance(stages, int) or stages < 0):
-            raise ValueError(
-                f"`unfreeze_schedule` stages {stages!r} at epoch {epoch} must be an int >= 0 or 'all'; "
-                f"the schedule is {accepted}"
-            )
-        steps.append((epoch, stages))
+        require_number("unfreeze_schedule epoch", epoch, 0, integer=True, hint=f"the schedule is {accepted}")
+        if stages != "all":
+            hint = f"or 'all'; the schedule is {accepted}"
+            require_number(f"unfreeze_schedule stages at epoch {epoch}", stages, 0, integer=True, hint=hint)
+            stages = int(stages)
+        steps.append((int(epoch), stages))
     steps.sort(key=lambda step: step[0])
     epochs = [epoch for epoch, _ in steps]
     if len(set(epochs)) != len(epochs):
