@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autotimm import demo
+from autotimm.cli import quickstart as demo
 
 
 def test_demo_trains_and_reports(tmp_path, capsys):
