@@ -410,6 +410,11 @@ def finish(state: SearchState, rows: list[dict[str, Any]], verbose: bool) -> Aut
         score, source = best["score"], f"trial {best['number']}"
         if final.used:
             source += " (the returned model was retrained on train+val and has no held-out score)"
+    if "plain" in tta and score is not None:
+        # Re-scored as `predict` runs the returned model (float32): under a bf16 training's autocast
+        # the logged score can differ from it by an image or two.
+        score = tta["plain"]
+        source += ", re-scored as predict runs it"
     if tta["used"] and score is not None:
         score, source = tta["flip"], f"{source}, with flip TTA"
     result_model, ensemble_info = _ensemble(state, scored, model, final)
