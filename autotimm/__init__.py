@@ -12,7 +12,7 @@ from autotimm._version import __version__
 
 if TYPE_CHECKING:  # the public names, for type checkers and the API docs; at run time they load lazily
     from autotimm.auto import AutoFitResult, auto_fit
-    from autotimm.classifier import EnsembleClassifier, ImageClassifier, load_model
+    from autotimm.classifier import EnsembleClassifier, HubUnavailableError, ImageClassifier, load_model
     from autotimm.data import (
         ImageDataModule,
         list_augmentation_presets,
@@ -21,7 +21,15 @@ if TYPE_CHECKING:  # the public names, for type checkers and the API docs; at ru
         make_synthetic_dataset,
     )
     from autotimm.evaluation import CalibrationResult, EvaluationReport, Explanation, evaluate, explain
-    from autotimm.exporting import ExportParityError, ExportResult, QuantizationReport, export, quantize_onnx
+    from autotimm.exporting import (
+        ExportParityError,
+        ExportResult,
+        PretrainedExport,
+        QuantizationReport,
+        export,
+        export_pretrained,
+        quantize_onnx,
+    )
     from autotimm.models import (
         BackboneConfig,
         ClassificationHead,
@@ -29,6 +37,7 @@ if TYPE_CHECKING:  # the public names, for type checkers and the API docs; at ru
         backbone_stages,
         create_backbone,
         list_backbones,
+        load_torchvision_weights,
     )
     from autotimm.optim import (
         LinearWarmup,
@@ -40,7 +49,7 @@ if TYPE_CHECKING:  # the public names, for type checkers and the API docs; at ru
         register_scheduler,
     )
     from autotimm.prediction import OnnxPredictor, Prediction, read_metadata
-    from autotimm.serving import create_app, run_server
+    from autotimm.serving import create_app, gradio_app, run_server
     from autotimm.training import (
         EMA,
         AutoTrainer,
@@ -69,6 +78,7 @@ __all__ = [
     "ExportParityError",
     "ExportResult",
     "FeatureDataModule",
+    "HubUnavailableError",
     "ImageClassifier",
     "ImageDataModule",
     "LinearWarmup",
@@ -77,6 +87,7 @@ __all__ = [
     "MetricManager",
     "OnnxPredictor",
     "Prediction",
+    "PretrainedExport",
     "PretrainedWeightsUnavailableError",
     "QuantizationReport",
     "TunerConfig",
@@ -92,6 +103,8 @@ __all__ = [
     "evaluate",
     "explain",
     "export",
+    "export_pretrained",
+    "gradio_app",
     "list_augmentation_presets",
     "list_backbones",
     "list_builtin_datasets",
@@ -99,6 +112,7 @@ __all__ = [
     "list_schedulers",
     "load_builtin_dataset",
     "load_model",
+    "load_torchvision_weights",
     "make_synthetic_dataset",
     "quantize_onnx",
     "read_metadata",

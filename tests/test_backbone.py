@@ -347,23 +347,10 @@ def _torchvision_mobilenet_v2_weights() -> Path:
 
 
 def _torchvision_to_timm_mobilenetv2(tv_state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Rename torchvision's MobileNetV2 state dict to timm's ``mobilenetv2_100`` keys.
+    """Rename torchvision's MobileNetV2 state dict to timm's ``mobilenetv2_100`` keys, with the public converter."""
+    from autotimm.models import torchvision_to_timm
 
-    The two modules register the same tensors in the same order (stem conv/bn, 17 inverted
-    residual blocks, head conv/bn, classifier), so keys are zipped by position. Both state dicts
-    contain BatchNorm ``num_batches_tracked`` buffers (52 each): zipping them by position only
-    works because both have them, so the last name component (``weight``, ``running_var``,
-    ``num_batches_tracked``...) is checked as well as the shape. An older checkpoint without
-    those buffers would misalign, and fail these checks rather than load garbage.
-    """
-    timm_state = timm.create_model("mobilenetv2_100", pretrained=False).state_dict()
-    assert len(tv_state) == len(timm_state) == 314
-    converted = {}
-    for (tv_key, tensor), (timm_key, ref) in zip(tv_state.items(), timm_state.items(), strict=True):
-        assert tv_key.rsplit(".", 1)[-1] == timm_key.rsplit(".", 1)[-1], (tv_key, timm_key)
-        assert tensor.shape == ref.shape, (tv_key, timm_key)
-        assert tensor.dtype == ref.dtype, (tv_key, timm_key)
-        converted[timm_key] = tensor
+    converted = torchvision_to_timm(tv_state, "mobilenet_v2")
     assert converted["classifier.weight"].shape == (1000, 1280)
     return converted
 

@@ -156,7 +156,7 @@ def test_unknown_optimizer_and_scheduler_fail_at_construction():
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"num_classes": 0}, r"`num_classes` must be an int >= 2 \(a softmax classifier needs two classes\), got 0"),
+        ({"num_classes": 0}, r"`num_classes` must be an int >= 2 \(a softmax classifier .*\) or None, got 0"),
         ({"num_classes": 1}, r"`num_classes` must be an int >= 2 .*, got 1"),
         ({"num_classes": 2.5}, r"`num_classes` must be an int >= 2 .*, got 2.5"),
         ({"lr": 0.0}, r"`lr` must be a number > 0, got 0.0"),

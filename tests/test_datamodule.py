@@ -35,7 +35,7 @@ def arrays(counts=(12, 12, 12), shape=(10, 10), seed=0):
 
 def array_module(tmp_path, counts=(12, 12, 12), **kwargs):
     images, labels = arrays(counts)
-    options = dict(output_dir=tmp_path / "out", image_size=SIZE, batch_size=8, num_workers=0)
+    options = dict(output_dir=tmp_path / "out", image_size=SIZE, batch_size=8, num_workers=0, test_split=0.0)
     options.update(kwargs)
     return ImageDataModule(images=images, labels=labels, **options)
 
@@ -46,7 +46,8 @@ def test_folder_source_counts_classes_and_channels(tmp_path):
     dm = ImageDataModule(tmp_path / "data", output_dir=tmp_path / "out", image_size=SIZE, num_workers=0)
     dm.setup("fit")
     assert dm.num_classes == 2 and dm.class_names == ["cat", "dog"] and not dm.multi_label
-    assert dm.class_counts == {"train": [8, 4], "val": [2, 1]}
+    # By default 20% validation and 10% test, as `autotimm train`: a held-out test split to evaluate on.
+    assert dm.class_counts == {"train": [7, 3], "val": [2, 1], "test": [1, 1]}
     x, y = dm.dataset("train")[0]
     assert x.shape == (3, SIZE, SIZE) and y.dtype == torch.int64  # grayscale files become 3 channels
     assert (tmp_path / "out" / SPLIT_FILE_NAME).is_file()
@@ -66,7 +67,9 @@ def test_csv_source_single_and_multi_label(tmp_path):
         write_image(tmp_path / "img" / f"{i}.png", seed=i)
     train = write_csv(tmp_path / "train.csv", [(f"{i}.png", "ab"[i % 2]) for i in range(4)])
     test = write_csv(tmp_path / "test.csv", [("4.png", "a"), ("5.png", "b")])
-    common = dict(image_dir=tmp_path / "img", val_split=0.0, output_dir=None, image_size=SIZE, num_workers=0)
+    common = dict(
+        image_dir=tmp_path / "img", val_split=0.0, test_split=0.0, output_dir=None, image_size=SIZE, num_workers=0
+    )
     dm = ImageDataModule(train_csv=train, test_csv=test, **common)
     dm.setup()
     assert dm.class_names == ["a", "b"] and dm.class_counts == {"train": [2, 2], "test": [1, 1]}
@@ -115,7 +118,8 @@ def test_builtin_mnist5k_grayscale(tmp_path):
     dm = ImageDataModule(dataset="mnist5k", output_dir=tmp_path, image_size=28, in_chans=1, val_split=0.2)
     dm.setup()
     assert dm.class_names == [str(d) for d in range(10)]
-    assert dm.class_counts["train"] == [400] * 10 and dm.class_counts["val"] == [100] * 10
+    assert dm.class_counts["train"] == [350] * 10 and dm.class_counts["val"] == [100] * 10
+    assert dm.class_counts["test"] == [50] * 10
     x, y = next(iter(dm.val_dataloader()))
     assert x.shape == (32, 1, 28, 28) and set(y.tolist()) <= set(range(10))
     assert (tmp_path / "splits.json").is_file()
@@ -180,7 +184,7 @@ def test_bad_image_raises_naming_it_or_is_skipped_with_one_warning(tmp_path):
     (tmp_path / "d" / "b" / "3.png").write_bytes((tmp_path / "d" / "b" / "1.png").read_bytes()[:50])
     with pytest.raises(ValueError, match=r"Cannot read image file .*a/0\.png.*1 more bad files.*skip_bad_images"):
         ImageDataModule(tmp_path / "d", output_dir=None).setup()
-    dm = ImageDataModule(tmp_path / "d", output_dir=None, skip_bad_images=True, val_split=0.0)
+    dm = ImageDataModule(tmp_path / "d", output_dir=None, skip_bad_images=True, val_split=0.0, test_split=0.0)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dm.setup()
@@ -387,7 +391,9 @@ def test_default_workers_follow_the_usable_cores_not_the_machine(monkeypatch):
 
 def test_file_loaders_work_in_worker_processes_across_epochs(tmp_path):
     write_class_folders(tmp_path / "d", {"a": 4, "b": 4}, mode="RGBA")
-    dm = ImageDataModule(tmp_path / "d", val_split=0.25, output_dir=None, image_size=SIZE, batch_size=3, num_workers=2)
+    dm = ImageDataModule(
+        tmp_path / "d", val_split=0.25, test_split=0.0, output_dir=None, image_size=SIZE, batch_size=3, num_workers=2
+    )
     dm.setup()
     loader = dm.train_dataloader()
     assert loader.persistent_workers
@@ -427,7 +433,9 @@ def test_symlinked_folders_count_and_exif_photos_train_upright(tmp_path):
     exif = Image.Exif()
     exif[0x0112] = 6  # stored 20 wide and 12 high, shown 12 wide and 20 high
     Image.new("RGB", (20, 12), "red").save(tmp_path / "d" / "b" / "photo.jpg", exif=exif.tobytes())
-    dm = ImageDataModule(tmp_path / "d", val_split=0.0, output_dir=None, image_size=SIZE, batch_size=4, num_workers=0)
+    dm = ImageDataModule(
+        tmp_path / "d", val_split=0.0, test_split=0.0, output_dir=None, image_size=SIZE, batch_size=4, num_workers=0
+    )
     dm.setup()
     assert dm.class_counts["train"] == [5, 4]
     dataset = dm.dataset("train")

@@ -90,7 +90,8 @@ def test_hand_computed_metrics_and_files(tmp_path):
     out = tmp_path / "report"
     expected_files = {
         "metrics.json", "per_class.csv", "per_class.json", "predictions.csv", "confusion_matrix.png",
-        "confusion_matrix_normalized.png", "reliability_diagram.png", "confidently_wrong.png",
+        "confusion_matrix_normalized.png", "reliability_diagram.png", "confidently_wrong.png", "samples.png",
+        "per_class_recall.png",
     }  # fmt: skip
     assert {p.name for p in out.iterdir()} == expected_files
     assert {p.name for p in report.files.values()} == expected_files
@@ -174,7 +175,7 @@ def test_prints_tables(tmp_path, capsys):
 def test_bad_arguments_and_models(tmp_path):
     with pytest.raises(ValueError, match="top_k"):
         evaluate(StubModel(), (IMAGES, LABELS), tmp_path, top_k=0)
-    with pytest.raises(ValueError, match="single-label"):
+    with pytest.raises(ValueError, match=r"must be \(N, 3\) 0/1 multi-hot labels"):  # a multi-label model
         evaluate(StubModel(multi_label=True), (IMAGES, LABELS), tmp_path)
     with pytest.raises(ValueError, match="6 images but 5 labels"):
         evaluate(StubModel(), (IMAGES, LABELS[:5]), tmp_path)
@@ -204,7 +205,9 @@ def test_arrays_grayscale_and_tensors():
     with pytest.raises(ValueError, match="integer class indices"):
         resolve_labelled_data((gray, [0.5, 1, 1]), STUB_NAMES)
     # A data module of grayscale arrays (like the built-in digits).
-    data = ImageDataModule(images=gray, labels=[0, 1, 1], class_names=STUB_NAMES, val_split=0.0, output_dir=None)
+    data = ImageDataModule(
+        images=gray, labels=[0, 1, 1], class_names=STUB_NAMES, val_split=0.0, test_split=0.0, output_dir=None
+    )
     sources, labels = resolve_labelled_data(data, STUB_NAMES, split="train")
     assert len(sources) == 3 and sorted(labels.tolist()) == [0, 1, 1] and sources[0].image.size == (8, 8)
 
@@ -283,10 +286,38 @@ def test_real_model_rejects_a_datamodule_with_other_classes(trained, tmp_path):
         evaluate(model, data, tmp_path, split="train")
 
 
-def test_multi_label_classifier_is_rejected(tmp_path):
+def test_multi_label_classifier_gets_a_multi_label_report(tmp_path):
+    from autotimm.evaluation import MultiLabelEvaluationReport
+
     model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3, multi_label=True)
-    with pytest.raises(ValueError, match="single-label"):
+    targets = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1]])
+    report = evaluate(model, (IMAGES, targets), tmp_path, verbose=False, threshold=0.5)
+    assert isinstance(report, MultiLabelEvaluationReport) and report.threshold == 0.5
+    assert [row["support"] for row in report.per_class] == targets.sum(axis=0).tolist()
+    assert 0 <= report.mean_average_precision <= 1
+    assert {path.name for path in report.files.values()} == {
+        "metrics.json", "per_class.csv", "per_class.json", "predictions.csv",
+    }  # fmt: skip
+    assert all(path.is_file() for path in report.files.values())
+    with pytest.raises(ValueError, match="multi-hot"):  # single-label targets for a multi-label model
         evaluate(model, (IMAGES, LABELS), tmp_path)
+
+
+def test_multi_label_metrics_by_hand():
+    from autotimm.evaluation import multi_label_metrics
+
+    probs = np.array([[0.9, 0.2, 0.6], [0.6, 0.7, 0.1], [0.1, 0.8, 0.5], [0.3, 0.4, 0.2]])
+    targets = np.array([[1, 0, 1], [0, 1, 0], [0, 1, 0], [1, 0, 0]])
+    m = multi_label_metrics(probs, targets, threshold=0.5)
+    # class 0: predicted {0, 1}, true {0, 3}: precision 1/2, recall 1/2; AP: 0.9 hit, 0.6, 0.3 hit -> (1 + 2/3) / 2
+    assert m["precision"][0] == pytest.approx(0.5) and m["recall"][0] == pytest.approx(0.5)
+    assert m["average_precision"][0] == pytest.approx((1 + 2 / 3) / 2)
+    # class 2: predicted {0, 2} (0.5 counts: >= threshold, as predict), true {0}: precision 1/2, recall 1
+    assert m["precision"][2] == pytest.approx(0.5) and m["recall"][2] == pytest.approx(1.0)
+    assert m["exact_match"] == pytest.approx(1 / 4)  # only image 0 ({0, 2}) is exactly right
+    assert m["support"] == [2, 2, 1]
+    no_positive = multi_label_metrics(probs, np.array([[1, 0, 0]] * 4))
+    assert no_positive["average_precision"][1] is None and no_positive["mean_average_precision"] == 1.0
 
 
 def test_onnx_predictor_gives_the_same_report(trained, tmp_path):

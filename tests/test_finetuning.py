@@ -242,7 +242,13 @@ def _array_module(tmp_path: Path) -> ImageDataModule:
     images, labels = make_synthetic_dataset(4, samples_per_class=40, image_size=32, seed=0, noise=0.5).tensors
     pixels = ((images - images.min()) / (images.max() - images.min()) * 255).byte().permute(0, 2, 3, 1).numpy()
     return ImageDataModule(
-        images=pixels, labels=labels.numpy(), augmentation="none", batch_size=32, output_dir=tmp_path, image_size=32
+        images=pixels,
+        labels=labels.numpy(),
+        augmentation="none",
+        batch_size=32,
+        output_dir=tmp_path,
+        image_size=32,
+        test_split=0.0,
     )
 
 

@@ -3,13 +3,17 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import io
 import logging
 import re
+import socket
+import struct
 import subprocess
 import sys
 import textwrap
 import time
+import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -23,7 +27,7 @@ from PIL import Image
 from autotimm import BackboneConfig, ImageClassifier
 from autotimm.data import make_data_config
 from autotimm.prediction.predict import Prediction
-from autotimm.serving.app import create_app, decode_upload, serve_in_thread
+from autotimm.serving.app import DEFAULT_MAX_IMAGE_PIXELS, create_app, decode_upload, serve_in_thread
 from autotimm.serving.batching import MicroBatcher
 
 CLASSES = ["tabby cat", "golden retriever", "red fox"]
@@ -398,3 +402,207 @@ def test_real_server_under_concurrent_requests(checkpoint, model):
         big = http.post("/predict", files={"file": ("big.png", bytes(3 * LIMIT), "image/png")})
         assert big.status_code == 413 and "larger than the limit" in big.json()["detail"]
         assert http.get("/health").status_code == 200  # still up
+
+
+# ------------------------------------------------------------------ big images, decode slots, content types
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels but holds almost none: decoding it fails as truncated."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(100)))
+
+
+def jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def photo(long_side: int) -> Image.Image:
+    """A real photo (scikit-image's astronaut, 512x512), scaled to ``long_side`` pixels a side."""
+    from skimage import data
+
+    return Image.fromarray(data.astronaut()).resize((long_side, long_side), Image.Resampling.LANCZOS)
+
+
+@pytest.fixture(scope="module")
+def server(checkpoint):
+    """A real uvicorn server on 127.0.0.1 with the default pixel limit and one decode at a time."""
+    app = create_app(checkpoint, top_k=3, max_batch_images=8, max_concurrent_decodes=1)
+    with serve_in_thread(app) as url, httpx.Client(base_url=url, timeout=120) as http:
+        yield http
+
+
+def decoding(http: httpx.Client) -> dict:
+    return http.get("/health").json()["decoding"]
+
+
+def test_the_pixel_limit_is_checked_on_the_header_and_named(server):
+    assert server.get("/health").json()["max_image_pixels"] == DEFAULT_MAX_IMAGE_PIXELS == 40_000_000
+    # A real 9000x9000 PNG: 230 KB, well under the upload limit, that would take 320 MB decoded.
+    buffer = io.BytesIO()
+    Image.new("RGB", (9000, 9000)).save(buffer, format="PNG")
+    response = server.post("/predict", files={"file": ("huge.png", buffer.getvalue(), "image/png")})
+    assert response.status_code == 413
+    assert response.json()["detail"] == "'huge.png' is 9000x9000 pixels; the limit is 40,000,000 pixels (PNG)"
+    # Refused from the header alone: this file's pixel data is truncated, and decoding it would answer 400.
+    response = server.post("/predict", files={"file": ("fake.png", png_header(9000, 9000), "image/png")})
+    assert response.status_code == 413 and "9000x9000 pixels; the limit is 40,000,000" in response.json()["detail"]
+    small = server.post("/predict", files={"file": ("fake.png", png_header(300, 200), "image/png")})
+    assert small.status_code == 400 and "truncated PNG" in small.json()["detail"]  # under the limit: decoded
+    # Far over Pillow's own limit too: still a 413 that names ours.
+    response = server.post("/predict", files={"file": ("bomb.png", png_header(30_000, 30_000), "image/png")})
+    assert response.status_code == 413
+    assert "'bomb.png' has more pixels than the limit of 40,000,000 pixels" in response.json()["detail"]
+    assert "900000000 pixels" in response.json()["detail"]  # its size, in Pillow's words
+
+
+def test_a_smaller_pixel_limit(checkpoint):
+    app = create_app(checkpoint, max_image_pixels=1_000_000)
+    with serve_in_thread(app) as url:
+        ok = httpx.post(f"{url}/predict", files={"file": ("a.jpg", jpeg(photo(1000)), "image/jpeg")}, timeout=60)
+        big = httpx.post(f"{url}/predict", files={"file": ("b.jpg", jpeg(photo(1001)), "image/jpeg")}, timeout=60)
+    assert ok.status_code == 200, ok.text
+    assert big.status_code == 413 and big.json()["detail"] == (
+        "'b.jpg' is 1001x1001 pixels; the limit is 1,000,000 pixels (JPEG)"
+    )
+
+
+def test_big_jpegs_are_decoded_reduced_with_nearly_the_same_prediction(server, model):
+    health = server.get("/health").json()
+    assert health["decoding"]["draft_size"] == list(model.preprocessor.draft_size)
+    before = decoding(server)
+    for side in (1024, 2048, 4000):
+        data = jpeg(photo(side))
+        response = server.post("/predict", files={"file": ("photo.jpg", data, "image/jpeg")})
+        assert response.status_code == 200, response.text
+        full = expected(model, data, 3)  # the model on the fully decoded image
+        assert [p["label"] for p in response.json()["predictions"]] == full.labels
+        np.testing.assert_allclose(
+            [p["probability"] for p in response.json()["predictions"]], full.probabilities, atol=0.02
+        )
+    after = decoding(server)
+    assert after["decodes"] - before["decodes"] == 3 and after["reduced"] - before["reduced"] == 3
+    # A JPEG near the model's size and a PNG are decoded in full: the prediction is the model's own, exactly.
+    for name, data in (("small.jpg", jpeg(photo(100))), ("big.png", png(11, size=(800, 600)))):
+        response = server.post("/predict", files={"file": (name, data, "image/png")})
+        assert_same(response.json(), expected(model, data, 3))
+    assert decoding(server)["reduced"] == after["reduced"]
+
+
+def test_decodes_wait_for_a_free_slot(server, checkpoint):
+    # Eight images in one batch request: the service decodes them concurrently, as far as its slots allow.
+    files = [("files", (f"{i}.png", png(i, size=(1200, 1000 + i)), "image/png")) for i in range(8)]
+    before = decoding(server)
+    response = server.post("/predict/batch", files=files)
+    assert response.status_code == 200, response.text
+    after = decoding(server)
+    assert after["max_concurrent_decodes"] == 1 and after["decodes"] - before["decodes"] == 8
+    assert after["peak"] == 1 and after["active"] == 0  # one at a time, counted in the decoding threads
+    # The same counter sees the decodes overlap when there are slots for them.
+    with serve_in_thread(create_app(checkpoint, max_concurrent_decodes=4)) as url:
+        wide = httpx.post(f"{url}/predict/batch", files=files, timeout=120)
+        stats = httpx.get(f"{url}/health").json()["decoding"]
+    assert wide.status_code == 200 and wide.json() == response.json()
+    assert stats["max_concurrent_decodes"] == 4 and 2 <= stats["peak"] <= 4
+
+
+@pytest.mark.parametrize("kind", ["png", "jpeg"])
+def test_the_declared_content_type_does_not_matter(server, kind):
+    data = png(12, size=(64, 48)) if kind == "png" else jpeg(photo(600))
+    declared = ["image/png", "image/jpeg", "text/plain", "application/octet-stream", "application/pdf"]
+    answers = []
+    for content_type in declared:
+        response = server.post("/predict", files={"file": ("upload", data, content_type)})
+        assert response.status_code == 200, (content_type, response.text)
+        answers.append(response.json())
+    # No content type at all (a bare multipart field), and a misleading file name.
+    boundary = "autotimm-test-boundary"
+    body = (
+        f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="upload"\r\n\r\n'.encode()
+        + data
+        + f"\r\n--{boundary}--\r\n".encode()
+    )
+    bare = server.post("/predict", content=body, headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert bare.status_code == 200, bare.text
+    answers.append(bare.json())
+    assert all(answer == answers[0] for answer in answers), answers
+    named = server.post("/predict", files={"file": ("upload", data, "image/png")})
+    assert named.json() == answers[0]
+    # Text declared as an image is still not an image: the bytes decide.
+    text = server.post("/predict", files={"file": ("cat.png", b"not a picture", "image/png")})
+    assert text.status_code == 415 and "'cat.png' is not an image" in text.json()["detail"]
+
+
+def test_the_page_and_health_name_the_model_not_its_class(model, onnx_file):
+    from autotimm.prediction.onnx_predictor import OnnxPredictor
+
+    with TestClient(create_app(OnnxPredictor(onnx_file))) as test_client:  # what `autotimm serve` passes
+        assert test_client.get("/health").json()["model"] == "pets.onnx"
+        assert test_client.app.title == "autotimm: pets.onnx"
+    with TestClient(create_app(model, name="pets v2")) as test_client:
+        assert test_client.get("/health").json()["model"] == "pets v2"
+    with TestClient(create_app(model)) as test_client:  # in memory, no file: its type is all there is
+        assert test_client.get("/health").json()["model"] == "ImageClassifier"
+    with pytest.raises(ValueError, match=r"`name` must be a non-empty string or None, got ''"):
+        create_app(model, name="")
+    with pytest.raises(ValueError, match=re.escape("`max_concurrent_decodes` must be an int >= 1, got 0")):
+        create_app(model, max_concurrent_decodes=0)
+
+
+def test_autotimm_serve_options(checkpoint):
+    """``autotimm serve`` started for real: it names the file, and passes the pixel and decode limits."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "autotimm.cli",
+        "serve",
+        str(checkpoint),
+        "--port",
+        str(port),
+        "--max-image-pixels",
+        "1000000",
+        "--max-concurrent-decodes",
+        "3",
+        "--log-level",
+        "warning",
+    ]
+    process = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            assert process.poll() is None, process.communicate()[0]
+            try:
+                health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).json()
+                break
+            except httpx.TransportError:
+                assert time.monotonic() < deadline, "autotimm serve did not start"
+                time.sleep(0.2)
+    finally:
+        process.terminate()
+        process.wait(timeout=30)
+    assert health["model"] == "pets.ckpt"  # not "ImageClassifier", the class of the model it loaded
+    assert health["max_image_pixels"] == 1_000_000 and health["decoding"]["max_concurrent_decodes"] == 3
+
+
+def test_the_cli_defaults_are_the_services():
+    from autotimm.cli.serve import ServeConfig
+
+    defaults = {name: p.default for name, p in inspect.signature(create_app).parameters.items()}
+    config = ServeConfig(ckpt="model.ckpt")
+    for option in (
+        "top_k",
+        "max_upload_bytes",
+        "max_image_pixels",
+        "max_concurrent_decodes",
+        "max_batch_size",
+        "batch_window_ms",
+        "device",
+    ):
+        assert getattr(config, option) == defaults[option], option

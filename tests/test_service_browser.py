@@ -77,6 +77,10 @@ def test_page_predicts_an_uploaded_image(tmp_path):
             wait = WebDriverWait(driver, 30)
             driver.get(url + "/")
             wait.until(ec.text_to_be_present_in_element((By.ID, "model-meta"), "3 classes"))
+            # The model's file name and its classes, not a class name such as "OnnxPredictor".
+            assert driver.find_element(By.ID, "model-name").text == "pets.ckpt"
+            assert "3 classes: tabby cat, golden retriever, red fox" in driver.find_element(By.ID, "model-meta").text
+            assert driver.title == "pets.ckpt · 3 classes: tabby cat, golden retriever, red fox · autotimm"
             driver.find_element(By.ID, "file-input").send_keys(str(image))
             wait.until(ec.visibility_of_element_located((By.CSS_SELECTOR, "#predictions li")))
             _screenshot(driver, tmp_path, "service_page.png")

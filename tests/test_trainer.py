@@ -138,7 +138,8 @@ def test_switches_and_pass_through(tmp_path):
         ({"early_stopping_patience": -1}, "`early_stopping_patience` must be an int >= 0 or None, got -1"),
         ({"seed": "0"}, "`seed` must be an int or None, got '0'"),
         ({"monitor": ""}, "`monitor` must be a logged metric name"),
-        ({"tuner_config": {"auto_lr": True}}, "`tuner_config` must be a TunerConfig or None"),
+        ({"tuner_config": {"auto_lr": True}}, "`tuner_config` must be a TunerConfig, True (the learning-rate finder)"),
+        ({"tuner_config": 1}, "False or None (no tuners), got 1"),
         ({"output_dir": None}, "`output_dir` must be a folder path"),
     ],
 )
@@ -353,6 +354,22 @@ def test_tuning_leaves_the_tensorboard_hparams_file_intact(tmp_path):
     log_dir = Path(trainer.logger.log_dir)
     assert "num_classes: 4" in (log_dir / "hparams.yaml").read_text()
     assert len(list(log_dir.glob("events.out.tfevents.*"))) == 1
+
+
+def test_tuner_config_false_runs_no_tuner_and_true_the_lr_finder(tmp_path):
+    off = AutoTrainer(output_dir=tmp_path / "off", tuner_config=False, max_epochs=1, **QUIET)
+    model = _model()
+    off.fit(model, datamodule=SyntheticDataModule(samples_per_class=4))
+    assert not off.tuner_config.enabled and off.tuning_results == {} and model.hparams.lr == _model().hparams.lr
+    assert not (tmp_path / "off" / TUNING_RESULTS_FILE).exists()
+
+    on = AutoTrainer(output_dir=tmp_path / "on", tuner_config=True, max_epochs=1, **QUIET)
+    assert on.tuner_config == TunerConfig(auto_lr=True)
+    on.tuner_config.lr_find_kwargs.update(num_training=20, early_stop_threshold=None)  # a short sweep
+    on.fit(model, datamodule=SyntheticDataModule())
+    result = on.tuning_results["lr"]
+    assert len(result["curve"]["lr"]) == 20 and model.hparams.lr == result["applied"] == result["suggested"]
+    assert (tmp_path / "on" / TUNING_RESULTS_FILE).exists()
 
 
 def test_lr_finder_without_suggestion_raises(tmp_path):

@@ -10,6 +10,7 @@ from autotimm._lazy import lazy_exports
 
 if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load lazily
     from autotimm.auto.callbacks import OptunaPruning, TimeLimit
+    from autotimm.auto.cross_validation import CrossValidationResult, cross_validate
     from autotimm.auto.presets import PRESETS, Preset, SearchSpace, list_presets, parse_time_limit
     from autotimm.auto.results import AutoFitResult
     from autotimm.auto.search import auto_fit
@@ -20,12 +21,14 @@ __getattr__, __dir__ = lazy_exports(globals())
 __all__ = [
     "PRESETS",
     "AutoFitResult",
+    "CrossValidationResult",
     "EnsembleClassifier",
     "OptunaPruning",
     "Preset",
     "SearchSpace",
     "TimeLimit",
     "auto_fit",
+    "cross_validate",
     "list_presets",
     "parse_time_limit",
 ]

@@ -386,7 +386,10 @@ def finish(state: SearchState, rows: list[dict[str, Any]], verbose: bool) -> Aut
     """Final training, model files, ensemble, tables and summary; returns the result (on every rank)."""
     from autotimm.classifier.module import ImageClassifier
 
-    scored = ranked(rows, state.settings.mode)
+    scored = [row for row in ranked(rows, state.settings.mode) if row.get("checkpoint")]
+    away = [row["number"] for row in ranked(rows, state.settings.mode)[:1] if not row.get("checkpoint")]
+    if away:  # trained on another machine whose output_dir this one does not share
+        state.details["checkpoint_not_here"] = away
     if scored:
         best = scored[0]
     elif state.details.get("search_skipped"):  # the preset's default configuration, trained once on everything
@@ -429,6 +432,8 @@ def finish(state: SearchState, rows: list[dict[str, Any]], verbose: bool) -> Aut
         best_trial=best["number"], score_source=source, final=final.to_dict(), tta=tta, ensemble=ensemble_info
     )
     details["search_time_used"] = round(sum(r["seconds"] for r in rows), 1)
+    used = time.monotonic() - state.start
+    details["time_used_this_call"] = round(used - details.get("time_used_before", 0.0), 1)
     details["time_model_ratios"] = [round(r, 3) for r in state.time_model.ratios]
     result = AutoFitResult(
         model=result_model,
@@ -436,7 +441,7 @@ def finish(state: SearchState, rows: list[dict[str, Any]], verbose: bool) -> Aut
         best_score=score,
         metric=state.settings.monitor.split("/", 1)[1],
         trials=rows,
-        time_used=time.monotonic() - state.start,
+        time_used=used,
         time_limit=state.limit,
         checkpoint=checkpoint,
         output_dir=state.output_dir,

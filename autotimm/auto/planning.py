@@ -46,7 +46,7 @@ from autotimm.data.datamodule import ImageDataModule
 from autotimm.data.sources import SampleTable
 from autotimm.models.backbone import BackboneConfig
 
-__all__ = ["Measurement", "SearchOptions", "SearchState", "default_config", "prepare"]
+__all__ = ["Measurement", "SearchOptions", "SearchState", "default_config", "plan_record", "prepare"]
 
 #: Augmentation presets from cheapest to most expensive to compute (the loading time is measured with the last tried).
 _AUGMENTATION_COST = ("none", "crop_flip", "light", "trivialaugment", "randaugment", "autoaugment", "augmix")
@@ -126,6 +126,9 @@ class SearchState:
         plan: What the budget rule decided (set by `prepare`).
         ensemble_reserve: Seconds kept for scoring the ensemble.
         refit_reserve: Seconds kept for the refit before any trial finished.
+        search_end: Seconds after ``start`` at which no trial starts any more (before a final
+            training that fills the time left).
+        observed: Numbers of the trials the time model has learnt from.
     """
 
     settings: RunSettings
@@ -149,6 +152,8 @@ class SearchState:
     plan: SearchPlan = field(default_factory=lambda: SearchPlan([], {}, 0.0))
     ensemble_reserve: float = 0.0
     refit_reserve: float = 0.0
+    search_end: float = 0.0
+    observed: set[int] = field(default_factory=set)
 
 
 def _check_metric(metric: str, num_classes: int) -> str:
@@ -291,8 +296,13 @@ def prepare(
     trainer_kwargs: dict[str, Any],
     start: float,
     limit: float,
+    stored: dict[str, Any] | None = None,
 ) -> SearchState:
     """Resolve the data, fix the shared settings, measure the candidates and plan the budget.
+
+    A worker that joins a search, or a resumed search, passes the plan the
+    first process stored (`plan_record`): the candidates are then not measured
+    again and the budget split is the stored one.
 
     Args:
         data: What ``auto_fit`` was given: an ``ImageDataModule``, a class folder, a CSV file or a dataset name.
@@ -302,6 +312,7 @@ def prepare(
         trainer_kwargs: Extra ``AutoTrainer`` arguments for every run.
         start: ``time.monotonic()`` at the call of ``auto_fit``.
         limit: The budget in seconds.
+        stored: A stored `plan_record`, or ``None`` to measure and plan.
 
     Returns:
         The state the search and the finish share (the same numbers on every rank: rank 0's).
@@ -320,7 +331,11 @@ def prepare(
     augmentations = _augmentations(datamodule, space, max(size))
     search_tables = _search_tables(tables, preset, options.seed)
     configs = _candidates(options, preset, in_chans, max(size))
-    measured = on_rank_zero(lambda: _measure(settings, space, configs, augmentations, search_tables, device, start))
+    if stored is None:
+        measured = on_rank_zero(lambda: _measure(settings, space, configs, augmentations, search_tables, device, start))
+    else:
+        model = TimeModel(**stored["time_model"])
+        measured = Measurement(model, {}, stored["details"]["setup_seconds"])
     state = SearchState(
         settings=settings,
         preset=preset,
@@ -341,9 +356,47 @@ def prepare(
         tta=options.tta,
         augmentations=augmentations,
     )
-    state.details.update(_describe(state, native, configs, measured))
-    _plan(state, options, measured.elapsed)
+    if stored is None:
+        state.details.update(_describe(state, native, configs, measured))
+        _plan(state, options, measured.elapsed)
+    else:
+        _apply_plan_record(state, stored)
     return state
+
+
+def plan_record(state: SearchState) -> dict[str, Any]:
+    """What workers that join the search (and a resumed search) reuse instead of measuring: JSON data."""
+    tm = state.time_model
+    return {
+        "time_model": {
+            "step_seconds": tm.step_seconds,
+            "batch_size": tm.batch_size,
+            "load_train": tm.load_train,
+            "load_eval": tm.load_eval,
+            "workers": tm.workers,
+            "world_size": tm.world_size,
+        },
+        "plan": {
+            "kept": state.plan.kept,
+            "dropped": state.plan.dropped,
+            "slice_seconds": state.plan.slice_seconds,
+            "skipped": state.plan.skipped,
+        },
+        "details": state.details,
+        "final_needed": state.final_needed,
+        "fill_final": state.fill_final,
+        "ensemble_reserve": state.ensemble_reserve,
+        "refit_reserve": state.refit_reserve,
+        "search_end": state.search_end,
+    }
+
+
+def _apply_plan_record(state: SearchState, stored: dict[str, Any]) -> None:
+    state.plan = SearchPlan(**stored["plan"])
+    state.details.update(stored["details"])
+    state.final_needed, state.fill_final = stored["final_needed"], stored["fill_final"]
+    state.ensemble_reserve, state.refit_reserve = stored["ensemble_reserve"], stored["refit_reserve"]
+    state.search_end = stored["search_end"]
 
 
 def _ensemble_reserve(state: SearchState) -> float:
@@ -396,6 +449,7 @@ def _plan(state: SearchState, options: SearchOptions, elapsed: float) -> None:
         search_val_images=len(search_val),
     )
     state.plan = plan
+    state.search_end = elapsed + search_seconds
 
 
 def _final_backbone(state: SearchState, available: float) -> str:

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from autotimm.auto.recipes import ADAMW_COSINE, SGD_ONECYCLE, Recipe
+from autotimm.data.transforms import SMALL_IMAGE_SIZE
 
 __all__ = [
     "PRESETS",
@@ -31,7 +32,8 @@ __all__ = [
 ]
 
 #: Images at most this many pixels on their longer side count as small: small-image candidates, no border crop.
-SMALL_IMAGE_MAX = 64
+#: The same bound as the default augmentation's (``ImageDataModule(augmentation="auto")``).
+SMALL_IMAGE_MAX = SMALL_IMAGE_SIZE
 
 
 @dataclass(frozen=True)

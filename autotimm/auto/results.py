@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-__all__ = ["TRIAL_COLUMNS", "AutoFitResult", "trials_table", "write_trials_csv"]
+__all__ = ["TRIAL_COLUMNS", "AutoFitResult", "trials_table", "write_atomically", "write_trials_csv"]
 
 #: Columns of ``trials.csv`` and of the printed table, in order (``score`` is the validation metric).
 TRIAL_COLUMNS = (
@@ -39,15 +41,29 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
-def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> Path:
-    """Write one row per trial to ``path`` (the columns of `TRIAL_COLUMNS`)."""
+def write_atomically(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path`` through a temporary file and a rename: a reader sees the old file or the new one.
+
+    A kill in the middle of writing leaves the old file whole (and a ``.tmp`` file beside it).
+    """
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(TRIAL_COLUMNS), extrasaction="ignore")
-        writer.writeheader()
-        for row in rows:
-            writer.writerow({key: row.get(key) for key in TRIAL_COLUMNS})
+    temporary = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(temporary, "w", newline="") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
     return path
+
+
+def write_trials_csv(rows: list[dict[str, Any]], path: Path) -> Path:
+    """Write one row per trial to ``path`` (the columns of `TRIAL_COLUMNS`), atomically."""
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=list(TRIAL_COLUMNS), extrasaction="ignore")
+    writer.writeheader()
+    for row in rows:
+        writer.writerow({key: row.get(key) for key in TRIAL_COLUMNS})
+    return write_atomically(path, buffer.getvalue())
 
 
 def trials_table(rows: list[dict[str, Any]], metric: str, best: int | None = None, title: str | None = None) -> Any:
@@ -86,7 +102,8 @@ class AutoFitResult:
         best_score: Validation score of the best configuration (see ``summary()["score_source"]``).
         metric: The validation metric, e.g. ``"accuracy"``.
         trials: One dict per trial (the columns of ``trials.csv``).
-        time_used: Seconds from the call to the return.
+        time_used: Seconds of the budget used, by this call and the earlier calls of a resumed study
+            (``summary.json`` has ``time_used_before`` and ``time_used_this_call``).
         time_limit: The budget in seconds.
         checkpoint: ``output_dir/best.ckpt``, loadable with ``ImageClassifier.load``.
         output_dir: Where everything was written.
@@ -126,11 +143,9 @@ class AutoFitResult:
         }
 
     def write(self) -> Path:
-        """Write ``trials.csv`` and ``summary.json`` to ``output_dir``; return the summary file."""
+        """Write ``trials.csv`` and ``summary.json`` to ``output_dir`` (each atomically); return the summary file."""
         write_trials_csv(self.trials, self.output_dir / "trials.csv")
-        path = self.output_dir / "summary.json"
-        path.write_text(json.dumps(self.summary(), indent=2, default=str))
-        return path
+        return write_atomically(self.output_dir / "summary.json", json.dumps(self.summary(), indent=2, default=str))
 
     def print(self, console: Any = None) -> None:
         """Print the trial table and the summary with rich."""

@@ -169,6 +169,7 @@ def run_training(
     """
     from pytorch_lightning.utilities.warnings import PossibleUserWarning
 
+    from autotimm.training.curves import TrainingHistory
     from autotimm.training.trainer import AutoTrainer
 
     start = time.monotonic()
@@ -177,7 +178,8 @@ def run_training(
         settings.base, settings.overlay, augmentation=spec.augmentation, batch_size=settings.batch_size, tables=tables
     )
     limit = TimeLimit(deadline, predictive=validate)  # without validation, a cut epoch loses nothing
-    callbacks: list[Any] = [limit]
+    # The history files, but no curves.png: drawing it takes seconds of every trial's slice on a busy CPU.
+    callbacks: list[Any] = [limit, TrainingHistory(folder, draw=False)]
     pruning = OptunaPruning(trial, settings.monitor, spec.max_epochs) if validate else None
     if pruning is not None:
         callbacks.append(pruning)

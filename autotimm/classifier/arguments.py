@@ -63,7 +63,9 @@ def check_classifier_arguments(
     Raises:
         ValueError: Naming the argument, the value and what is accepted.
     """
-    require_number("num_classes", num_classes, 2, integer=True, hint="a softmax classifier needs two classes")
+    require_number(
+        "num_classes", num_classes, 2, integer=True, allow_none=True, hint="a softmax classifier needs two classes"
+    )
     require_number("lr", lr, 0, low_open=True)
     require_number("weight_decay", weight_decay, 0)
     require_number("head_dropout", head_dropout, 0, 1)

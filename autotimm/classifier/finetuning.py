@@ -73,9 +73,15 @@ class FineTuningMixin:
     _unfreeze: UnfreezeSchedule | None
 
     def on_train_start(self) -> None:
-        """Put a frozen backbone in eval mode, so BatchNorm statistics stay fixed through fit."""
+        """Put a frozen backbone in eval mode; apply the unfreeze schedule of the epoch a resumed run starts in.
+
+        A run resumed in the middle of an epoch gets no ``on_train_epoch_start``
+        for that epoch (Lightning skips the hook), so the schedule is applied here too.
+        """
         if self.hparams.freeze_backbone:
             self.backbone.eval()
+        if self._unfreeze is not None:
+            self._unfreeze.apply(self, self.current_epoch)
         if self.hparams.get("cache_features") and not isinstance(self.trainer.datamodule, FeatureDataModule):
             rank_zero_warn(
                 "cache_features=True: this run trains on images, not cached features; cached features need "

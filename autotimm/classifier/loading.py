@@ -22,8 +22,9 @@ MODEL_KINDS = (
     "or a loaded model with predict and class_names"
 )
 
-#: What `model_kind` finds: a ``.ckpt`` file, an ``.onnx`` file, an ensemble folder or a loaded model.
-ModelKind = Literal["checkpoint", "onnx", "ensemble", "loaded"]
+#: What `model_kind` finds: a ``.ckpt`` file, an ``.onnx`` file, an ensemble folder, a model folder from
+#: ``save_pretrained`` (``model.safetensors`` and ``config.json``) or a loaded model.
+ModelKind = Literal["checkpoint", "onnx", "ensemble", "pretrained", "loaded"]
 
 _SUFFIX_KINDS: dict[str, ModelKind] = {".ckpt": "checkpoint", ".onnx": "onnx"}
 
@@ -37,8 +38,9 @@ def model_kind(model_or_path: Any, name: str = "model_or_path") -> ModelKind:
 
     Returns:
         ``"checkpoint"`` (a ``.ckpt`` file), ``"onnx"`` (an ``.onnx`` file),
-        ``"ensemble"`` (a folder with ``ensemble.json``) or ``"loaded"`` (an
-        object with ``predict`` and ``class_names``).
+        ``"ensemble"`` (a folder with ``ensemble.json``), ``"pretrained"`` (a
+        folder with ``model.safetensors`` and ``config.json``, from
+        ``save_pretrained``) or ``"loaded"`` (an object with ``predict`` and ``class_names``).
 
     Raises:
         FileNotFoundError: No such file or folder.
@@ -65,6 +67,8 @@ def _path_kind(path: Path, name: str) -> ModelKind:
 
         if (path / MANIFEST_FILE).is_file():
             return "ensemble"
+        if (path / "config.json").is_file() and (path / "model.safetensors").is_file():
+            return "pretrained"  # a save_pretrained / timm model folder
         raise ValueError(f"`{name}` must be {MODEL_KINDS}; got the folder {os.fspath(path)!r}, with no {MANIFEST_FILE}")
     if not path.exists():
         raise FileNotFoundError(f"`{name}` {os.fspath(path)!r} does not exist; it must be {MODEL_KINDS}")
@@ -92,6 +96,8 @@ def load_model(model_or_path: Any, device: str | torch.device = "auto") -> Any:
             no torch needed), a folder written by
             [`EnsembleClassifier.save`][autotimm.classifier.ensemble.EnsembleClassifier.save]
             ([`EnsembleClassifier.load`][autotimm.classifier.ensemble.EnsembleClassifier.load]),
+            a model folder written by ``save_pretrained``
+            ([`ImageClassifier.from_pretrained`][autotimm.ImageClassifier.from_pretrained]),
             or an object with ``predict`` and ``class_names`` (returned as it is).
         device: Where a checkpoint's or an ensemble's weights go: ``"auto"``
             (CUDA when available), ``"cpu"``, ``"cuda"``, ``"cuda:1"``, ...; an
@@ -125,4 +131,6 @@ def load_model(model_or_path: Any, device: str | torch.device = "auto") -> Any:
         return EnsembleClassifier.load(path, map_location=_resolve_device(device))
     from autotimm.classifier.module import ImageClassifier
 
+    if kind == "pretrained":
+        return ImageClassifier.from_pretrained(path, map_location=_resolve_device(device))
     return ImageClassifier.load(path, map_location=_resolve_device(device))

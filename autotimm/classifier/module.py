@@ -12,15 +12,18 @@ from torch import nn
 from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
+from autotimm.checks import require_number
 from autotimm.classifier.arguments import check_class_names, check_class_weights, check_classifier_arguments, plain_data
 from autotimm.classifier.finetuning import FineTuningMixin, check_finetuning_arguments
 from autotimm.classifier.predictor import InferenceMixin
 from autotimm.models.backbone import BackboneConfig, as_backbone_config, create_backbone
 from autotimm.models.head import ClassificationHead
 from autotimm.optim.optimizers import OptimizerSpec, create_optimizer
+from autotimm.optim.recipe import default_lr
 from autotimm.optim.schedulers import LinearWarmup, SchedulerSpec, create_scheduler, step_scheduler
 from autotimm.prediction.preprocess import check_tta
 from autotimm.training.diagnostics import LoggingConfig, confusion_matrix_figure, log_figure, total_norm
+from autotimm.training.losses import FocalLoss, check_loss
 from autotimm.training.metrics import MetricConfig, MetricManager, as_metric_configs
 from autotimm.training.mixing import mix_batch
 
@@ -34,12 +37,20 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
         backbone: A timm model name or a [`BackboneConfig`][autotimm.BackboneConfig]. A bare
             name downloads pretrained weights; pass
             ``BackboneConfig(name, pretrained=False)`` offline.
-        num_classes: Number of target classes (>= 2).
+        num_classes: Number of target classes (>= 2). ``None``: the length of
+            ``class_names`` or the classes of a given ``MetricManager``, else
+            the data's, taken when training starts: `AutoTrainer.fit` (or
+            Lightning's ``fit`` with an ``ImageDataModule``) builds the head
+            then (see [`set_num_classes`][autotimm.ImageClassifier.set_num_classes]).
+            Checkpoints record the number and names found, so
+            [`load`][autotimm.ImageClassifier.load] rebuilds the same model.
         metrics: A [`MetricManager`][autotimm.MetricManager] or a list of
             [`MetricConfig`][autotimm.MetricConfig]. ``None`` means accuracy, top-5
             accuracy (more than five classes) and macro F1.
         logging_config: Extra diagnostics to log; see [`LoggingConfig`][autotimm.LoggingConfig].
-        lr: Learning rate (> 0).
+        lr: Learning rate (> 0). ``None``: the default recipe's, ``3e-3`` from
+            scratch and ``1e-3`` for pretrained weights (see
+            [`default_lr`][autotimm.optim.default_lr]).
         weight_decay: Weight decay (>= 0), never applied to biases and norms.
         optimizer: A name from [`list_optimizers`][autotimm.list_optimizers] or
             ``{"class": "torch.optim.AdamW", "params": {...}}``.
@@ -53,8 +64,8 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
         freeze_backbone: Linear probe: the backbone gets no gradients, is not
             optimized, and its BatchNorm statistics stay fixed.
         mixup_alpha: Mixup's Beta(alpha, alpha) parameter in training; 0 disables.
-        class_names: Names of the classes, in label order; defaults to
-            ``"0" … "num_classes-1"``.
+        class_names: Names of the classes, in label order; defaults to the
+            data's at fit, or ``"0" … "num_classes-1"``.
         cutmix_alpha: CutMix's Beta(alpha, alpha) parameter in training; 0
             disables. With ``mixup_alpha`` too, each batch uses one of the two.
         multi_label: Multi-label classification: targets are multi-hot
@@ -85,6 +96,12 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
             and ``evaluate`` (one of [`TTA_MODES`][autotimm.prediction.preprocess.TTA_MODES];
             ``True`` is ``"flip"``). Saved with the model and in exported files;
             ``auto_fit`` sets ``"flip"`` when it raises the validation score.
+        loss: The training loss: ``"cross_entropy"`` (binary for multi-label) or
+            ``"focal"`` ([`FocalLoss`][autotimm.training.losses.FocalLoss]:
+            ``class_weights`` are its per-class ``alpha``, ``label_smoothing``
+            and mixing apply as for cross-entropy). Validation and test losses
+            stay the plain cross-entropy.
+        focal_gamma: The focal loss's focusing parameter (>= 0; 0 is cross-entropy).
 
     Raises:
         ValueError: For any argument out of range or an unknown name; the
@@ -100,15 +117,21 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
         >>> model = ImageClassifier(BackboneConfig("resnet18", pretrained=False), num_classes=3)
         >>> model(torch.zeros(2, 3, 64, 64)).shape
         torch.Size([2, 3])
+
+        Without ``num_classes`` the data decides, at fit:
+
+        >>> model = ImageClassifier(BackboneConfig("resnet18", pretrained=False))
+        >>> model.hparams.num_classes is None
+        True
     """
 
     def __init__(
         self,
         backbone: str | BackboneConfig | dict[str, Any],
-        num_classes: int,
+        num_classes: int | None = None,
         metrics: MetricManager | Sequence[MetricConfig] | None = None,
         logging_config: LoggingConfig | dict[str, bool] | None = None,
-        lr: float = 1e-3,
+        lr: float | None = None,
         weight_decay: float = 1e-4,
         optimizer: OptimizerSpec = "adamw",
         optimizer_kwargs: dict[str, Any] | None = None,
@@ -129,8 +152,13 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
         cache_features: bool = False,
         channels_last: bool = False,
         tta: bool | str = False,
+        loss: str = "cross_entropy",
+        focal_gamma: float = 2.0,
     ) -> None:
         super().__init__()
+        if lr is None:  # the default recipe's rule: by the weights the backbone starts from
+            given = as_backbone_config(backbone)
+            lr = default_lr(pretrained=given.pretrained or given.checkpoint_path is not None)
         check_classifier_arguments(
             num_classes=num_classes,
             lr=lr,
@@ -144,18 +172,26 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
             mixup_alpha=mixup_alpha,
             cutmix_alpha=cutmix_alpha,
         )
+        check_loss(loss, focal_gamma)
         self._unfreeze = check_finetuning_arguments(
             freeze_backbone, layer_decay, unfreeze_schedule, ema_decay, cache_features, channels_last, mixup_alpha,
             cutmix_alpha,
         )  # fmt: skip
-        class_names = check_class_names(class_names, num_classes)
+        if num_classes is None and class_names is not None:
+            num_classes = len(class_names)
+        if num_classes is None and isinstance(metrics, MetricManager):
+            num_classes = metrics.num_classes
         tta = check_tta(tta)
-        class_weights = check_class_weights(class_weights, num_classes)
+        if num_classes is not None:
+            class_names = check_class_names(class_names, num_classes)
+            class_weights = check_class_weights(class_weights, num_classes)
 
         if isinstance(metrics, MetricManager) and metrics.num_classes != num_classes:
             raise ValueError(f"`metrics` was built for {metrics.num_classes} classes, but num_classes={num_classes}")
         backbone_cfg = as_backbone_config(backbone)
-        metric_configs = as_metric_configs(metrics, num_classes, multi_label)
+        # Kept as given until the number of classes is known: the default metrics depend on it.
+        self._metric_spec = list(metrics.configs) if isinstance(metrics, MetricManager) else metrics  # no submodule
+        metric_configs = None if num_classes is None else as_metric_configs(metrics, num_classes, multi_label)
         if isinstance(logging_config, dict):
             logging_config = LoggingConfig(**logging_config)
         self.logging_config = logging_config or LoggingConfig()
@@ -170,7 +206,7 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
                 {
                     "backbone": saved_backbone,
                     "num_classes": num_classes,
-                    "metrics": [cfg.to_dict() for cfg in metric_configs],
+                    "metrics": None if metric_configs is None else [cfg.to_dict() for cfg in metric_configs],
                     "logging_config": self.logging_config.to_dict(),
                     "lr": lr,
                     "weight_decay": weight_decay,
@@ -193,19 +229,17 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
                     "cache_features": cache_features,
                     "channels_last": channels_last,
                     "tta": tta,
+                    "loss": loss,
+                    "focal_gamma": focal_gamma,
                 }
             )
         )
-        self.class_names: list[str] = class_names or [str(i) for i in range(num_classes)]
+        self.class_names: list[str] = class_names or []
 
         self.backbone = create_backbone(backbone_cfg)
-        # Headless MobileNetV3/LCNet/GhostNet keep a conv head: their pooled output is head_hidden_size wide.
-        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
-        self.head = ClassificationHead(width, num_classes, dropout=head_dropout)
-        self.criterion = self._make_criterion()
-        self.metrics = MetricManager(metric_configs, num_classes, multi_label)  # fresh, never shared
-        if self.logging_config.log_confusion_matrix:
-            self.val_confusion_matrix = MulticlassConfusionMatrix(num_classes=num_classes)
+        self.head: ClassificationHead | None = None
+        self.criterion: nn.Module | None = None
+        self.metrics: MetricManager | None = None
         self.val_confusion_matrix_values: torch.Tensor | None = None
         # Temperature scaling (set by `calibrate`): predictions use softmax(logits / temperature).
         self.register_buffer("temperature", torch.ones(()))
@@ -219,12 +253,107 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
             self._unfreeze.apply(self, epoch=0, norms=False)  # norm modes are set when training starts
         if channels_last:
             self.to(memory_format=torch.channels_last)
+        self._param_ndims: dict[str, int] = {}
+        if num_classes is not None:
+            self._build_head(num_classes)
+
+    # ------------------------------------------------------------------ model
+    def _build_head(self, num_classes: int) -> None:
+        """Build what depends on the number of classes: head, loss, metrics, confusion matrix."""
+        hp = self.hparams
+        configs = as_metric_configs(self._metric_spec, num_classes, hp.multi_label)
+        hp["class_weights"] = check_class_weights(hp.class_weights, num_classes)
+        hp["num_classes"] = num_classes
+        hp["metrics"] = plain_data([cfg.to_dict() for cfg in configs])
+        self.class_names = self.class_names or [str(i) for i in range(num_classes)]
+        # Headless MobileNetV3/LCNet/GhostNet keep a conv head: their pooled output is head_hidden_size wide.
+        width = getattr(self.backbone, "head_hidden_size", None) or self.backbone.num_features
+        device = next(self.backbone.parameters()).device
+        self.head = ClassificationHead(width, num_classes, dropout=hp.head_dropout).to(device)
+        self.criterion = self._make_criterion().to(device)
+        self.metrics = MetricManager(configs, num_classes, hp.multi_label).to(device)  # fresh, never shared
+        if self.logging_config.log_confusion_matrix:
+            self.val_confusion_matrix = MulticlassConfusionMatrix(num_classes=num_classes).to(device)
         # FSDP flattens parameters to 1-d before configure_optimizers: weight decay goes by these shapes.
         self._param_ndims = {name: p.ndim for name, p in self.named_parameters()}
 
-    # ------------------------------------------------------------------ model
+    def set_num_classes(self, num_classes: int) -> None:
+        """Build the head, loss and metrics of a model made without ``num_classes``.
+
+        `AutoTrainer.fit` and `setup` call this (through
+        [`apply_data_info`][autotimm.ImageClassifier.apply_data_info]) with the
+        data's number of classes; the number is then recorded in the
+        hyper-parameters, so checkpoints load without the data.
+
+        Args:
+            num_classes: Number of target classes (>= 2).
+
+        Raises:
+            ValueError: ``num_classes`` is not an int >= 2, or the model already
+                has another number of classes.
+        """
+        require_number("num_classes", num_classes, 2, integer=True, hint="a softmax classifier needs two classes")
+        current = self.hparams.num_classes
+        if current is not None and current != num_classes:
+            raise ValueError(f"the model was built with num_classes={current}; got num_classes={num_classes}")
+        if current is None:
+            self._build_head(int(num_classes))
+
+    def setup(self, stage: str) -> None:
+        """Take the classes from the trainer's data module when the model was made without ``num_classes``.
+
+        Plain Lightning ``fit`` reaches this hook after the data module's own
+        ``setup``; the class names, preprocessing and class weights are then
+        applied as `AutoTrainer.fit` does (see
+        [`apply_data_info`][autotimm.ImageClassifier.apply_data_info]).
+
+        Args:
+            stage: Lightning's stage.
+
+        Raises:
+            ValueError: The number of classes is unknown and the data cannot tell it, or
+                the fine-tuning options do not fit the run (see ``FineTuningMixin.setup``).
+        """
+        super().setup(stage)
+        if self.hparams.num_classes is not None:
+            return
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        try:
+            class_names = getattr(datamodule, "class_names", None)
+        except RuntimeError:  # an ImageDataModule that is not set up
+            class_names = None
+        if class_names is None:
+            raise ValueError(
+                "ImageClassifier was built without `num_classes` and this run's data does not tell it: pass "
+                "num_classes=... (or class_names=...), or fit with a data module that has `class_names`, such as "
+                "ImageDataModule"
+            )
+        self.apply_data_info(
+            class_names=class_names,
+            data_config=getattr(datamodule, "data_config", None),
+            class_weights=getattr(datamodule, "class_weights_tensor", None),
+            multi_label=getattr(datamodule, "multi_label", None),
+        )
+
+    def require_head(self) -> None:
+        """Raise unless the model has its head, i.e. knows its number of classes.
+
+        Raises:
+            RuntimeError: The model was made without ``num_classes`` and has not met its data yet.
+        """
+        if self.head is None:
+            raise RuntimeError(
+                "ImageClassifier has no head yet: it was built without `num_classes`, which it takes from the data "
+                "when training starts (AutoTrainer.fit); pass num_classes=... to use it before that"
+            )
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Return logits ``(N, num_classes)`` for images ``(N, C, H, W)``."""
+        """Return logits ``(N, num_classes)`` for images ``(N, C, H, W)``.
+
+        Raises:
+            RuntimeError: The model was made without ``num_classes`` and has not met its data yet.
+        """
+        self.require_head()
         if self.hparams.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
         return self.head(self.backbone(x))
@@ -237,6 +366,9 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
     def _make_criterion(self) -> nn.Module:
         """The training loss. Validation and test losses are unweighted, unsmoothed (as in timm's train.py)."""
         weight = None if self.hparams.class_weights is None else torch.tensor(self.hparams.class_weights)
+        if self.hparams.get("loss", "cross_entropy") == "focal":  # label smoothing of multi-label: training_step
+            smoothing = 0.0 if self.hparams.multi_label else self.hparams.label_smoothing
+            return FocalLoss(self.hparams.focal_gamma, weight, self.hparams.multi_label, smoothing)
         if self.hparams.multi_label:  # label smoothing is applied to the targets in training_step
             return nn.BCEWithLogitsLoss(weight=weight)
         return nn.CrossEntropyLoss(weight=weight, label_smoothing=self.hparams.label_smoothing)
@@ -268,8 +400,11 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
     def training_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
         """One training step on ``(images, labels)``; returns the loss.
 
-        Logs ``train/loss``, the train metrics and, when asked, ``train/lr``.
+        Logs ``train/loss`` (per step), ``train/loss_epoch`` (the epoch's
+        mean), the train metrics and, when asked, ``train/lr``.
         With ``mixup_alpha`` or ``cutmix_alpha`` > 0 images and targets are mixed first.
+        Under a [`Distillation`][autotimm.training.distillation.Distillation] callback
+        the loss mixes in the teacher's soft targets (logged as ``train/distill_loss``).
         """
         hp = self.hparams
         x, target = batch[0], batch[1]
@@ -281,7 +416,13 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
             target = target.float() * (1 - hp.label_smoothing) + 0.5 * hp.label_smoothing
         logits = self._logits(x)
         loss = self.criterion(logits, target)
+        distillation = getattr(self, "distillation", None)  # set by a Distillation callback while it trains
+        if distillation is not None:
+            loss, soft = distillation.loss(x, logits, loss, hp.multi_label)
+            self.log("train/distill_loss", soft, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
         self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
+        # The epoch mean as well: an epoch shorter than log_every_n_steps logs no step value at all.
+        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
         if hp.multi_label:
             hard = (target >= 0.5).long()
         else:

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import os
 import pickle
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from autotimm.data.transforms import backbone_in_chans, make_data_config
 from autotimm.prediction.inputs import collect_inputs
 from autotimm.prediction.predict import Prediction, check_predict_arguments, compute_logits, decode
 from autotimm.prediction.preprocess import Preprocessor, check_tta
+from autotimm.training.checkpointing import atomic_save
 
 __all__ = ["InferenceMixin"]
 
@@ -77,8 +77,16 @@ class InferenceMixin:
 
         Returns:
             The path written.
+
+        Raises:
+            ValueError: The model has no head yet (made without ``num_classes`` and not trained).
         """
         model: pl.LightningModule = self  # type: ignore[assignment]
+        if model.hparams.num_classes is None:
+            raise ValueError(
+                "this ImageClassifier has no head yet (built without `num_classes`, not trained): train it first, "
+                "or pass num_classes=..."
+            )
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
         checkpoint: dict[str, Any] = {
@@ -87,15 +95,69 @@ class InferenceMixin:
             "pytorch-lightning_version": pl.__version__,
         }
         model.on_save_checkpoint(checkpoint)
-        handle, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-        os.close(handle)
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        atomic_save(checkpoint, path)
         return path
+
+    def save_pretrained(self, directory: str | os.PathLike[str], **kwargs: Any) -> Path:
+        """Write the model folder for sharing: ``model.safetensors``, timm's ``config.json``, a ``README.md`` card.
+
+        Plain timm loads it (``timm.create_model("local-dir:DIR", pretrained=True)``, equal logits),
+        [`from_pretrained`][autotimm.ImageClassifier.from_pretrained] loads it back exactly.
+
+        Args:
+            directory: The folder to write.
+            **kwargs: ``license``, ``metrics``, ``training_data``, ``threshold``, ``repo_id``; see
+                [`save_pretrained`][autotimm.classifier.pretrained.save_pretrained].
+
+        Returns:
+            The folder.
+        """
+        from autotimm.classifier.pretrained import save_pretrained
+
+        return save_pretrained(self, directory, **kwargs)
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        dir_or_hub_id: str | os.PathLike[str],
+        map_location: str | torch.device = "cpu",
+        revision: str | None = None,
+        token: str | None = None,
+    ) -> Any:
+        """Load a model folder written by `save_pretrained`, from disk or the Hugging Face Hub.
+
+        Args:
+            dir_or_hub_id: A folder, or a Hub model id (``user/name`` or ``hf-hub:user/name``).
+            map_location: Where the weights go.
+            revision: The Hub revision.
+            token: A Hub token for a private repository.
+
+        Returns:
+            The classifier, in eval mode; see
+            [`load_pretrained`][autotimm.classifier.pretrained.load_pretrained].
+        """
+        from autotimm.classifier.pretrained import load_pretrained
+
+        return load_pretrained(cls, dir_or_hub_id, map_location, revision, token)
+
+    def push_to_hub(self, repo_id: str, private: bool = True, token: str | None = None, **kwargs: Any) -> str:
+        """Upload the model folder to a Hugging Face Hub repository (created if missing); return its URL.
+
+        Args:
+            repo_id: ``name`` or ``user/name``.
+            private: Create the repository private.
+            token: A write token; ``None`` for the stored login or ``HF_TOKEN``.
+            **kwargs: See [`push_to_hub`][autotimm.classifier.pretrained.push_to_hub].
+
+        Returns:
+            The repository URL.
+        """
+        from autotimm.classifier.pretrained import push_to_hub
+
+        return push_to_hub(self, repo_id, private=private, token=token, **kwargs)
+
+    def require_head(self) -> None:
+        """Raise unless the model can predict; a model whose head is built with it (an ensemble) always can."""
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Accept checkpoints written before calibration existed (temperature 1)."""
@@ -201,8 +263,10 @@ class InferenceMixin:
             FileNotFoundError: A missing file or folder, or a glob matching nothing.
             ValueError: A bad argument, an empty folder or an unreadable image.
             TypeError: An input of an unsupported type.
+            RuntimeError: The model has no head yet (made without ``num_classes``, not trained).
         """
         model: Any = self
+        model.require_head()
         tta = self.default_tta if tta is None else tta
         top_k = check_predict_arguments(
             model.hparams.num_classes, top_k, batch_size, threshold, tta, model.hparams.multi_label
@@ -242,7 +306,8 @@ class InferenceMixin:
 
         Stored in the hyper-parameters, so checkpoints carry them and
         ``load_from_checkpoint`` restores them. ``AutoTrainer.fit`` calls this
-        with the data module's values.
+        with the data module's values. A model made without ``num_classes``
+        gets its head here, one output per class name.
 
         Args:
             class_names: One name per class, in label order.
@@ -254,12 +319,14 @@ class InferenceMixin:
             ValueError: If the number of classes differs from ``num_classes``, or
                 the data is multi-label and the model is not (or the reverse).
         """
-        num_classes = self.hparams.num_classes
         if multi_label is not None and bool(multi_label) != self.hparams.multi_label:
             raise ValueError(
                 f"the data is {'multi' if multi_label else 'single'}-label but the model was built with "
                 f"multi_label={self.hparams.multi_label}; build it with multi_label={bool(multi_label)}"
             )
+        if self.hparams.num_classes is None:
+            self.set_num_classes(len(class_names))  # type: ignore[attr-defined]
+        num_classes = self.hparams.num_classes
         if len(class_names) != num_classes:
             raise ValueError(
                 f"the data has {len(class_names)} classes ({', '.join(map(str, class_names[:10]))}"

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from autotimm.cli.options import UsageError, number
 
@@ -22,14 +22,21 @@ inside the limit.
 
 The output folder gets trials.csv (one row per trial), summary.json (best
 configuration, its validation score, time used), best.ckpt (the model, for
-`autotimm evaluate`/`predict`/`export`), ensemble/ with --ensemble K >= 2, and
-config.yaml (every option, to repeat the run with --config)."""
+`autotimm evaluate`/`predict`/`export`), ensemble/ with --ensemble K >= 2,
+config.yaml (every option, to repeat the run with --config) and study.db (the
+Optuna study). Running the same command again resumes an unfinished search:
+finished trials are kept and the time limit counts what earlier runs used.
+--workers N runs N trials at once; --storage postgresql://... with --join on
+other machines adds their workers to the same search."""
 EXAMPLES = """\
 examples:
   autotimm auto --data digits --time-limit 2m
   autotimm auto --data data/pets --time-limit 1h --preset balanced --refit --ensemble 3
   autotimm auto --data fashion-mnist --time-limit 10m --output-dir runs/fashion
   autotimm auto --data data/pets --backbones resnet18,efficientnet_b0 --time-limit 30m
+  autotimm auto --data data/pets --time-limit 1h --workers 4                # 4 trials at once (one per GPU)
+  autotimm auto --data data/pets --time-limit 1h --storage postgresql://user:pw@db/search --study-name pets
+  autotimm auto --data data/pets --storage postgresql://user:pw@db/search --study-name pets --join  # another machine
   autotimm evaluate autotimm_auto/best.ckpt data/pets       # evaluate the best model afterwards"""
 
 
@@ -64,6 +71,26 @@ class AutoConfig:
         precision: Lightning precision: 32-true, 16-mixed, bf16-mixed, ...; null: the preset's choice
             (bf16-mixed for small images trained from scratch by "fast" on CPUs with native bf16, else 32-true).
         dataset_root: Where built-in datasets are cached; null for ~/.cache/autotimm/datasets.
+        workers: Trials run at once, each in its own process (one GPU each, or a share of the CPU cores);
+            null: one per GPU, one without GPUs.
+        storage: Optuna storage URL of the study, e.g. postgresql://user:password@host/db for several machines
+            (needs autotimm[postgres]); null: a SQLite file study.db in the output folder.
+        study_name: Name of the study in the storage; null: autotimm.
+        resume: Continue an unfinished study in the storage (its finished trials are kept); --no-resume starts a
+            new one.
+        join: Only add workers to the search of --storage/--study-name (another machine): run trials until its
+            deadline, then exit; the first to arrive at a new study prepares it.
+        finish: Run no trials: wait for the study's running trials, then do the final steps (final training,
+            ensemble, TTA, best.ckpt, summary) on all of them.
+        logger: Send the finished search to these trackers as one run, repeatable: tensorboard, csv, mlflow,
+            wandb (--logger mlflow --logger csv): the best configuration and score, trials.csv and summary.json,
+            and for MLflow the final model as a pyfunc model; default: none (trials are never logged one by one).
+        experiment: The MLflow experiment (and W&B project unless --wandb-project); default: autotimm.
+        run_name: The run's name in MLflow and W&B.
+        tags: Run tags, repeatable: key=value or a word.
+        mlflow_tracking_uri: MLflow's tracking URI; default: MLFLOW_TRACKING_URI, else mlflow.db in --output-dir.
+        wandb_project: The W&B project; default: --experiment.
+        wandb_mode: W&B's mode: online, offline or disabled.
     """
 
     data: str
@@ -88,6 +115,19 @@ class AutoConfig:
     strategy: str = "auto"
     precision: str | None = None
     dataset_root: str | None = None
+    workers: int | None = field(default=None, metadata=number(1))
+    storage: str | None = None
+    study_name: str | None = None
+    resume: bool = True
+    join: bool = False
+    finish: bool = False
+    logger: list[str] | None = None
+    experiment: str | None = None
+    run_name: str | None = None
+    tags: list[str] | None = None
+    mlflow_tracking_uri: str | None = None
+    wandb_project: str | None = None
+    wandb_mode: Literal["online", "offline", "disabled"] | None = None
 
 
 #: The options dataclass of this subcommand.
@@ -122,10 +162,11 @@ def run(config: AutoConfig) -> int:
         0.
 
     Raises:
-        UsageError: A bad --time-limit or options that do not fit together.
+        UsageError: A bad --time-limit or options that do not fit together (--join with --finish).
         ValueError: An unknown preset, backbone or metric (the message lists the accepted ones), or unusable data.
         FileNotFoundError: Missing data.
-        ImportError: Optuna is not installed.
+        ImportError: Optuna is not installed, or the storage's database driver.
+        ConnectionError: The --storage database cannot be reached.
     """
     from autotimm.auto.presets import get_preset, parse_time_limit
     from autotimm.cli.common import write_config
@@ -141,8 +182,14 @@ def run(config: AutoConfig) -> int:
         get_preset(config.preset)
     except ValueError as err:
         raise ValueError(str(err).replace("`preset`", "--preset")) from None
+    if config.join and config.finish:
+        raise UsageError("--join and --finish cannot be used together: a worker runs trials, --finish runs none")
     if config.metric not in METRICS:
         raise ValueError(f"--metric must be one of {', '.join(METRICS)}; got {config.metric!r}")
+    if config.logger:
+        from autotimm.cli.tracking import tracker_arguments
+
+        tracker_arguments(config)  # a bad --logger or --tags fails now, not after the search
     source = data_source(config.data)
     trainer_kwargs = _trainer_kwargs(config)
     backbones = [b.strip() for b in config.backbones.split(",") if b.strip()] if config.backbones else None
@@ -160,7 +207,8 @@ def run(config: AutoConfig) -> int:
         seed=config.seed,
         output_dir=output_dir,
     )
-    write_config(config, output_dir)
+    if not config.join:  # a worker leaves the search's own config.yaml alone
+        write_config(config, output_dir)
     result = auto_fit(
         datamodule,
         time_limit=limit,
@@ -179,7 +227,19 @@ def run(config: AutoConfig) -> int:
         search_fraction=config.search_fraction,
         trainer_kwargs=trainer_kwargs,
         verbose=True,
+        storage=config.storage,
+        study_name=config.study_name,
+        n_workers=config.workers,
+        resume=config.resume,
+        join=config.join,
+        finish_only=config.finish,
     )
+    if result is None:  # a worker: the finishing call reports
+        return 0
+    if config.logger:
+        from autotimm.cli.tracking import log_search
+
+        log_search(result, config)
     if "test" in datamodule.splits:
         from autotimm.cli.common import console
 

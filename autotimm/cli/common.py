@@ -129,7 +129,7 @@ def load_predictor(path: str, device: str = "auto") -> Any:
 def write_config(config: Any, folder: Path) -> Path:
     """Write a subcommand's options dataclass to ``folder/config.yaml``; ``--config`` repeats the run from it.
 
-    ``data`` (when it exists on disk), ``output_dir`` and ``dataset_root`` are
+    ``data`` (when it exists on disk), ``output_dir``, ``dataset_root`` and ``checkpoint_path`` are
     made absolute, so that the file repeats the run from any working directory.
     """
     import dataclasses
@@ -138,7 +138,7 @@ def write_config(config: Any, folder: Path) -> Path:
 
     folder.mkdir(parents=True, exist_ok=True)
     values = dataclasses.asdict(config)
-    for name in ("data", "output_dir", "dataset_root"):
+    for name in ("data", "output_dir", "dataset_root", "checkpoint_path"):
         value = values.get(name)
         if isinstance(value, str) and (name != "data" or Path(value).exists()):
             values[name] = str(Path(value).resolve())

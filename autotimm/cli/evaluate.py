@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from autotimm.cli.options import TTA_CHOICES, UsageError, number, optional_value, positional
 
@@ -20,6 +20,14 @@ calibration (ECE, NLL) are printed, and the report folder gets metrics.json,
 per_class.csv/.json, predictions.csv, confusion matrices, a reliability diagram
 and the most confidently wrong images.
 
+A multi-label model (trained on a CSV file with several labels per image)
+gets per-class precision, recall and F1 at its threshold (--threshold), the
+average precision of each class and their mean (mAP) instead.
+
+--calibrate first fits a temperature on the validation split (temperature
+scaling), reports the ECE before and after on the evaluated split, and writes
+the calibrated model to model.ckpt in the report folder.
+
 DATA is read as in `autotimm train`. Held-out splits are carved the same way:
 with the --val-split, --test-split and --seed of training (the defaults match
 train's), --split test evaluates exactly the images training held out."""
@@ -28,7 +36,9 @@ examples:
   autotimm evaluate runs/pets/checkpoints/last.ckpt data/pets
   autotimm evaluate runs/pets/checkpoints/last.ckpt data/pets --split val --output-dir reports/pets-val
   autotimm evaluate pets.onnx data/pets-holdout --split all --tta
-  autotimm evaluate model.ckpt labels.csv --val-split 0.1 --test-split 0.2 --seed 0"""
+  autotimm evaluate model.ckpt labels.csv --val-split 0.1 --test-split 0.2 --seed 0
+  autotimm evaluate runs/pets/checkpoints/last.ckpt data/pets --calibrate
+  autotimm evaluate runs/tags/checkpoints/last.ckpt tags.csv --threshold 0.4"""
 
 
 @dataclass
@@ -51,6 +61,11 @@ class EvaluateConfig:
         top_k: k of the top-k accuracy (>= 1; capped at the number of classes).
         num_wrong: How many confidently wrong images to draw (>= 0).
         device: Where a .ckpt model or an ensemble runs: auto (CUDA when available), cpu, cuda, cuda:1, ...
+        threshold: Multi-label models: the probability a label needs, in (0, 1); null: the model's own (0.5 unless
+            it sets one).
+        calibrate: Fit a temperature on the validation split first (not for .onnx files, whose temperature is
+            fixed at export) and write the calibrated model to model.ckpt (an ensemble: calibrated/) in the report
+            folder.
         dataset_root: Where built-in datasets are cached; null for ~/.cache/autotimm/datasets.
     """
 
@@ -66,6 +81,8 @@ class EvaluateConfig:
     top_k: int = field(default=5, metadata=number(1))
     num_wrong: int = field(default=16, metadata=number(0))
     device: str = "auto"
+    threshold: float | None = field(default=None, metadata=number(0, 1, low_open=True))
+    calibrate: bool = False
     dataset_root: str | None = None
 
 
@@ -88,6 +105,8 @@ def run(config: EvaluateConfig) -> int:
     if config.val_split + config.test_split >= 1:
         raise UsageError(f"--val-split + --test-split must be < 1, got {config.val_split} + {config.test_split}")
     ckpt = model_path(config.ckpt)
+    if config.calibrate:
+        _check_calibration(ckpt, config.split)
     data_source(config.data, "DATA")  # fail on a missing DATA before loading the model
     run_dir = _run_dir(ckpt)
     output_dir = Path(config.output_dir) if config.output_dir else run_dir / f"eval-{config.split}"
@@ -98,6 +117,9 @@ def run(config: EvaluateConfig) -> int:
     datamodule, split = labelled_datamodule(
         config.data, config.split, config.val_split, config.test_split, config.seed, config.dataset_root
     )
+    out = console()
+    if config.calibrate:
+        _calibrate(model, datamodule, output_dir, config.batch_size, ckpt.is_dir(), out)
     report = evaluate(
         model,
         datamodule,
@@ -107,13 +129,50 @@ def run(config: EvaluateConfig) -> int:
         tta=config.tta,
         top_k=config.top_k,
         num_wrong=config.num_wrong,
+        threshold=config.threshold,
     )
-    out = console()
+    if config.calibrate:
+        out.print(
+            f"ECE on the {config.split!r} split: {report.ece_before:.4f} before calibration (T = 1), "
+            f"{report.ece_after:.4f} after (T = {report.temperature:.4f})",
+            highlight=False,
+        )
     out.print(f"Evaluated {report.num_images} images of the {config.split!r} split.", highlight=False)
     out.print(f"Report: {output_dir}", highlight=False)
     for kind, path in report.files.items():
         out.print(f"  {kind:<28} {path.name}", highlight=False)
     return 0
+
+
+def _check_calibration(ckpt: Path, split: str) -> None:
+    """Refuse ``--calibrate`` where it cannot run, before anything is loaded."""
+    if ckpt.suffix.lower() == ".onnx":
+        raise UsageError(
+            f"--calibrate: {ckpt.name} is an ONNX export, whose temperature was fixed when it was exported; "
+            "calibrate its .ckpt checkpoint (autotimm evaluate CKPT DATA --calibrate), then export that again"
+        )
+    if split == "all":
+        raise UsageError("--calibrate fits the temperature on the validation split; --split all leaves none")
+
+
+def _calibrate(model: Any, datamodule: Any, output_dir: Path, batch_size: int, ensemble: bool, out: Any) -> Path:
+    """Fit ``model``'s temperature on the validation split; save the calibrated model in the report folder."""
+    from autotimm.evaluation.calibration import calibrate_model
+
+    if "val" not in datamodule.splits:
+        raise UsageError(
+            f"--calibrate fits the temperature on the validation split, and DATA has only {datamodule.splits}: "
+            "set --val-split above 0 (as in training)"
+        )
+    result = calibrate_model(model, datamodule, split="val", batch_size=batch_size, progress=False)
+    path = model.save(output_dir / ("calibrated" if ensemble else "model.ckpt"))  # an ensemble saves a folder
+    out.print(
+        f"Calibration on {result.num_samples} validation images: temperature {result.temperature:.4f} "
+        f"(validation ECE {result.ece_before:.4f} -> {result.ece_after:.4f})",
+        highlight=False,
+    )
+    out.print(f"Calibrated model: {path}", highlight=False)
+    return Path(path)
 
 
 def _run_dir(ckpt: Path) -> Path:

@@ -17,12 +17,20 @@ List timm backbones whose name matches PATTERN: a shell-style wildcard
 ("resnet*", "*vit_tiny*"), or plain text, which matches anywhere in the name.
 For up to 20 listed models the table also shows each backbone's parameter
 count (without the classifier), feature width and default input size, built on
-PyTorch's meta device (no memory, no weights downloaded)."""
+PyTorch's meta device (no memory, no weights downloaded).
+
+With --profile, each NAME is built with random weights and profiled side by
+side: parameters, size (fp32 and an int8 estimate), MACs at --image-size
+(counted by PyTorch's FlopCounterMode), and measured CPU latency of one image
+and images/s at --batch-size, eager and through ONNX Runtime when it is
+installed; --json prints the same as JSON."""
 EXAMPLES = """\
 examples:
   autotimm models resnet
   autotimm models "convnext*" --limit 10
   autotimm models "resnet50*" --pretrained       # pretrained weight tags, e.g. resnet50.a1_in1k
+  autotimm models resnet18 mobilenetv3_small_100 --profile --image-size 224
+  autotimm models resnet18 --profile --no-latency --json
   autotimm train --data data/pets --backbone convnext_atto"""
 
 #: Parameter counts are computed when at most this many models are listed.
@@ -34,14 +42,25 @@ class ModelsConfig:
     """Options of ``autotimm models``.
 
     Args:
-        pattern: A wildcard such as "resnet*", or text matched anywhere in the name; default: every model.
+        pattern: Wildcards such as "resnet*", or text matched anywhere in the name; default: every model. With
+            --profile: the model names to compare.
         pretrained: List only models with pretrained weights, with their tags (resnet50.a1_in1k).
         limit: List at most this many models (>= 1).
+        profile: Profile the named models side by side: parameters, size, MACs and measured latency.
+        image_size: With --profile: input size in pixels (>= 1); null for each backbone's default.
+        batch_size: With --profile: batch of the images/s measurement (>= 1).
+        latency: With --profile: measure latency and images/s (--no-latency: counts only, fast).
+        json: With --profile: print JSON instead of a table.
     """
 
-    pattern: str = field(default="*", metadata=positional(nargs="?"))
+    pattern: list[str] = field(default_factory=list, metadata=positional(nargs="*", metavar="PATTERN"))
     pretrained: bool = False
     limit: int = field(default=50, metadata=number(1))
+    profile: bool = False
+    image_size: int | None = field(default=None, metadata=number(1))
+    batch_size: int = field(default=32, metadata=number(1))
+    latency: bool = True
+    json: bool = False
 
 
 #: The options dataclass of this subcommand.
@@ -89,13 +108,20 @@ def run(config: ModelsConfig) -> int:
 
     from autotimm.cli.common import console
 
-    pattern = config.pattern if any(c in config.pattern for c in "*?[") else f"*{config.pattern}*"
-    names = timm.list_models(pattern, pretrained=config.pretrained)
-    if not names:
-        close = difflib.get_close_matches(config.pattern, timm.list_models(), n=5, cutoff=0.5)
-        hint = f"; close names: {', '.join(close)}" if close else "; try a shorter pattern"
-        kind = "timm backbone with pretrained weights" if config.pretrained else "timm backbone"
-        raise ValueError(f"no {kind} matches {config.pattern!r}{hint}")
+    if config.profile:
+        return _profile(config)
+    patterns = config.pattern or ["*"]
+    names: list[str] = []
+    for given in patterns:
+        pattern = given if any(c in given for c in "*?[") else f"*{given}*"
+        found = timm.list_models(pattern, pretrained=config.pretrained)
+        if not found:
+            close = difflib.get_close_matches(given, timm.list_models(), n=5, cutoff=0.5)
+            hint = f"; close names: {', '.join(close)}" if close else "; try a shorter pattern"
+            kind = "timm backbone with pretrained weights" if config.pretrained else "timm backbone"
+            raise ValueError(f"no {kind} matches {given!r}{hint}")
+        names += [name for name in found if name not in names]
+    pattern = pattern if len(patterns) == 1 else ", ".join(patterns)
     shown = names[: config.limit]
     detailed = len(shown) <= MAX_DETAILED
     table = Table(title=f"timm backbones matching {pattern!r}", title_justify="left")
@@ -131,4 +157,31 @@ def run(config: ModelsConfig) -> int:
             f"(e.g. autotimm models '{min(shown, key=len)}*') or pass --limit {MAX_DETAILED}.",
             highlight=False,
         )
+    return 0
+
+
+def _profile(config: ModelsConfig) -> int:
+    """Profile the named backbones side by side (table or JSON)."""
+    import json
+
+    import timm
+
+    from autotimm.cli.common import console
+    from autotimm.models.profile import profile_model, profile_table
+
+    if not config.pattern:
+        raise ValueError("--profile needs model names, e.g. autotimm models resnet18 mobilenetv3_small_100 --profile")
+    for name in config.pattern:
+        if not timm.is_model(name):
+            close = difflib.get_close_matches(name, timm.list_models(), n=5, cutoff=0.5)
+            hint = f"; close names: {', '.join(close)}" if close else ""
+            raise ValueError(f"--profile takes timm model names; {name!r} is not one{hint}")
+    profiles = profile_model(
+        list(config.pattern), image_size=config.image_size, batch_size=config.batch_size, latency=config.latency
+    )
+    out = console()
+    if config.json:
+        print(json.dumps([p.to_dict() for p in profiles], indent=2))  # plain stdout: for pipes
+    else:
+        out.print(profile_table(profiles))
     return 0

@@ -1,8 +1,8 @@
 """Command-line options built from typed dataclasses, with one-line errors.
 
 Each subcommand's options are the fields of one dataclass (type hints give the
-types, the Google docstring gives the help, field metadata gives positionals
-and number ranges). jsonargparse turns them into an ``ArgumentParser`` with
+types, the Google docstring gives the help, field metadata from
+`autotimm.cli.fields` gives positionals and number ranges). jsonargparse turns them into an ``ArgumentParser`` with
 ``--config FILE`` and ``--print_config`` for free; this module adds what the
 command line needs on top: ``--batch-size`` style option names, ``--flag`` /
 ``--no-flag`` booleans, range checks that name the option, and error
@@ -14,14 +14,27 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
-import types
 import typing
-from collections.abc import Sequence
-from typing import Any, Literal
+from typing import Any
 
 from jsonargparse import ActionConfigFile, ActionYesNo, ArgumentParser, DefaultHelpFormatter
 
+from autotimm.cli.fields import (
+    PRINT_CONFIG,
+    TTA_CHOICES,
+    UsageError,
+    check_numbers,
+    normalize_argv,
+    number,
+    option_name,
+    optional_value,
+    positional,
+)
+
+# The field helpers live in autotimm.cli.fields (no jsonargparse there); they are re-exported here too.
 __all__ = [
+    "PRINT_CONFIG",
+    "TTA_CHOICES",
     "CommandParser",
     "UsageError",
     "add_dataclass_options",
@@ -30,19 +43,11 @@ __all__ = [
     "normalize_argv",
     "number",
     "one_line",
+    "option_name",
     "optional_value",
     "parse_devices",
     "positional",
 ]
-
-#: jsonargparse's own option, kept with its underscore (``--print-config`` is accepted too).
-PRINT_CONFIG = "--print_config"
-#: Accepted ``--tta`` values (``--tta`` alone means ``flip``).
-TTA_CHOICES = Literal["none", "flip", "crops", "flip_crops"]
-
-
-class UsageError(ValueError):
-    """A bad command-line value; the message names the option and what it accepts."""
 
 
 class _Formatter(DefaultHelpFormatter, argparse.RawDescriptionHelpFormatter):
@@ -65,58 +70,10 @@ class CommandParser(ArgumentParser):
         super().__init__(*args, **kwargs)
 
 
-def positional(nargs: str | None = None, metavar: str | None = None) -> dict[str, Any]:
-    """Field metadata for a positional argument.
-
-    Args:
-        nargs: argparse's ``nargs`` (``"+"``, ``"?"``); ``None`` for exactly one value.
-        metavar: The name shown in the help; default: the field name in capitals.
-
-    Returns:
-        The metadata dict for ``dataclasses.field(metadata=...)``.
-    """
-    return {"positional": True, "nargs": nargs, "metavar": metavar}
-
-
-def optional_value(const: Any) -> dict[str, Any]:
-    """Field metadata for an option whose value may be left out: ``--tta`` means ``--tta flip``.
-
-    Args:
-        const: The value of the bare option.
-
-    Returns:
-        The metadata dict for ``dataclasses.field(metadata=...)``.
-    """
-    return {"const": const}
-
-
-def number(low: float | None = None, high: float | None = None, low_open: bool = False) -> dict[str, Any]:
-    """Field metadata for a number option checked to lie in ``[low, high)`` (or ``(low, high)``).
-
-    Args:
-        low: Smallest accepted value, included unless ``low_open``; ``None`` for no bound.
-        high: Upper bound, excluded; ``None`` for none.
-        low_open: Exclude ``low`` itself.
-
-    Returns:
-        The metadata dict for ``dataclasses.field(metadata=...)``.
-    """
-    return {"low": low, "high": high, "low_open": low_open}
-
-
-def option_name(name: str) -> str:
-    """The command-line option of a field: ``batch_size`` -> ``--batch-size``."""
-    return "--" + name.replace("_", "-")
-
-
 def _docstring_help(cls: type) -> dict[str, str]:
     from docstring_parser import parse
 
     return {p.arg_name: " ".join(p.description.split()) for p in parse(cls.__doc__ or "").params if p.description}
-
-
-def _is_optional(hint: Any) -> bool:
-    return typing.get_origin(hint) in (typing.Union, types.UnionType) and type(None) in typing.get_args(hint)
 
 
 def add_dataclass_options(parser: ArgumentParser, cls: type, config_file: bool = True) -> None:
@@ -163,62 +120,6 @@ def add_dataclass_options(parser: ArgumentParser, cls: type, config_file: bool =
             if "const" in meta:
                 extra.update(nargs="?", const=meta["const"])
             parser.add_argument(option_name(spec.name), type=hint, help=text, **extra)
-
-
-def _describe(meta: dict[str, Any], integer: bool) -> str:
-    low, high = meta.get("low"), meta.get("high")
-    kind = "an integer" if integer else "a number"
-    if low is not None and high is not None:
-        return f"{kind} in {'(' if meta.get('low_open') else '['}{low:g}, {high:g})"
-    if low is not None:
-        return f"{kind} {'>' if meta.get('low_open') else '>='} {low:g}"
-    return f"{kind} < {high:g}"
-
-
-def check_numbers(config: Any) -> None:
-    """Check every field with `number` metadata of a dataclass instance (``None`` values pass).
-
-    Args:
-        config: A subcommand's options.
-
-    Raises:
-        UsageError: A value out of range; the message names the option, e.g.
-            ``--epochs must be an integer >= 1, got -1``.
-    """
-    hints = typing.get_type_hints(type(config))
-    for spec in dataclasses.fields(config):
-        meta = spec.metadata
-        value = getattr(config, spec.name)
-        if value is None or ("low" not in meta and "high" not in meta):
-            continue
-        hint = hints[spec.name]
-        integer = hint is int or (_is_optional(hint) and int in typing.get_args(hint))
-        low, high = meta.get("low"), meta.get("high")
-        ok = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if ok and low is not None:
-            ok = value > low if meta.get("low_open") else value >= low
-        if ok and high is not None:
-            ok = value < high
-        if not ok:
-            raise UsageError(f"{option_name(spec.name)} must be {_describe(meta, integer)}, got {value!r}")
-
-
-def normalize_argv(argv: Sequence[str]) -> list[str]:
-    """Accept ``--batch_size`` for ``--batch-size`` (config keys use underscores) and ``--print-config``.
-
-    Tokens after a bare ``--`` are left alone.
-    """
-    out: list[str] = []
-    rest = False
-    for token in argv:
-        if not rest and token == "--":
-            rest = True
-        elif not rest and token.startswith("--") and len(token) > 2:
-            name, sep, value = token.partition("=")
-            name = PRINT_CONFIG if name in (PRINT_CONFIG, "--print-config") else name.replace("_", "-")
-            token = name + sep + value
-        out.append(token)
-    return out
 
 
 _TYPE_WORDS = {"int": "an integer", "float": "a number", "str": "a string", "bool": "true or false", "NoneType": "null"}

@@ -8,7 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from autotimm.cli.options import TTA_CHOICES, number, optional_value, positional
+from autotimm.cli.fields import TTA_CHOICES, number, optional_value, positional
 
 __all__ = ["CONFIG", "PredictConfig", "format_csv", "format_json", "run"]
 
@@ -65,8 +65,11 @@ CONFIG = PredictConfig
 
 
 def format_json(predictions: list[Any]) -> str:
-    """The predictions as a JSON list of ``{"source", "labels", "probabilities", "indices"}`` objects."""
-    return json.dumps([p.to_dict() for p in predictions], indent=2)
+    """The predictions as a JSON list of ``{"source", "labels", "probabilities", "indices"}`` objects.
+
+    Class names and paths are written as they are (``"café"``, not escaped to ASCII); `run` writes them as UTF-8.
+    """
+    return json.dumps([p.to_dict() for p in predictions], indent=2, ensure_ascii=False)
 
 
 def format_csv(predictions: list[Any]) -> str:
@@ -90,8 +93,32 @@ def format_csv(predictions: list[Any]) -> str:
     return buffer.getvalue()
 
 
+def _write(text: str) -> None:
+    """Write ``text`` to stdout as UTF-8, whatever the terminal's encoding (a text stream without bytes: as text)."""
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:
+        sys.stdout.write(text)
+        return
+    sys.stdout.flush()
+    buffer.write(text.encode("utf-8"))
+    buffer.flush()
+
+
+def _print_plain_table(predictions: list[Any]) -> None:
+    """The table without rich (a torch-free install has only onnxruntime, numpy and Pillow): one line per image."""
+    lines = [f"Predictions ({len(predictions)} image{'' if len(predictions) == 1 else 's'})"]
+    for p in predictions:
+        ranked = ", ".join(f"{label} {prob:.1%}" for label, prob in zip(p.labels, p.probabilities, strict=True))
+        lines.append(f"{p.source or '<image>'}: {ranked or '(none above the threshold)'}")
+    _write("\n".join(lines) + "\n")
+
+
 def _print_table(predictions: list[Any], multi_label: bool) -> None:
-    from rich.table import Table
+    try:
+        from rich.table import Table
+    except ImportError:
+        _print_plain_table(predictions)
+        return
 
     from autotimm.cli.common import console
 
@@ -131,9 +158,9 @@ def run(config: PredictConfig) -> int:
         progress=None if config.format == "table" else False,  # keep stdout clean for scripts
     )
     if config.format == "json":
-        sys.stdout.write(format_json(predictions) + "\n")
+        _write(format_json(predictions) + "\n")
     elif config.format == "csv":
-        sys.stdout.write(format_csv(predictions))
+        _write(format_csv(predictions))
     else:
         from autotimm.evaluation.labelled_data import is_multi_label
 

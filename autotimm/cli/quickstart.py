@@ -63,7 +63,8 @@ def main(
         lr=2e-3,
         scheduler="onecycle",
     )
-    trainer = AutoTrainer(output_dir=output_dir, max_epochs=max_epochs, seed=0, log_every_n_steps=10)
+    # A demo is run again and again: each run moves the previous one aside (to {output_dir}.old-<date-time>).
+    trainer = AutoTrainer(output_dir=output_dir, max_epochs=max_epochs, seed=0, log_every_n_steps=10, overwrite=True)
     trainer.fit(model, datamodule=data)
 
     best_path = trainer.checkpoint_callback.best_model_path

@@ -36,6 +36,10 @@ class ServeConfig:
         max_batch_size: Images per model call at most; concurrent requests share calls (>= 1; 1 turns it off).
         batch_window_ms: How long a request waits for others to share its model call, in milliseconds (>= 0).
         max_upload_bytes: The largest image upload accepted (>= 1).
+        max_image_pixels: The most pixels (width x height) an uploaded image may have, read from its header
+            before decoding (>= 1; 40 megapixels by default).
+        max_concurrent_decodes: Uploads decoded at the same time at most; others wait (>= 1). With
+            --max-image-pixels, this bounds the memory decoding takes.
         log_level: uvicorn's log level: critical, error, warning, info, debug or trace.
     """
 
@@ -47,6 +51,8 @@ class ServeConfig:
     max_batch_size: int = field(default=16, metadata=number(1))
     batch_window_ms: float = field(default=5.0, metadata=number(0))
     max_upload_bytes: int = field(default=5 * 1024 * 1024, metadata=number(1))
+    max_image_pixels: int = field(default=40_000_000, metadata=number(1))
+    max_concurrent_decodes: int = field(default=2, metadata=number(1))
     log_level: Literal["critical", "error", "warning", "info", "debug", "trace"] = "info"
 
 
@@ -71,7 +77,7 @@ def run(config: ServeConfig) -> int:
 
     model_path(config.ckpt)  # before the imports: a bad CKPT is the first error
     try:
-        from autotimm.serving.app import run_server
+        from autotimm.serving.app import model_name, run_server
     except ImportError as err:
         raise ImportError(
             f'autotimm serve needs the service dependencies: pip install "autotimm[serve]" ({err})'
@@ -89,6 +95,9 @@ def run(config: ServeConfig) -> int:
             max_batch_size=config.max_batch_size,
             batch_window_ms=config.batch_window_ms,
             max_upload_bytes=config.max_upload_bytes,
+            max_image_pixels=config.max_image_pixels,
+            max_concurrent_decodes=config.max_concurrent_decodes,
+            name=model_name(config.ckpt),  # the file's name on the page, not the class of the loaded model
         )
     except SystemExit as stop:  # uvicorn exits 3 when it cannot start; its log says why
         if stop.code not in (0, None):

@@ -32,6 +32,7 @@ if TYPE_CHECKING:  # for type checkers and the API docs; at run time names load 
         build_train_transform,
         list_augmentation_presets,
         make_data_config,
+        resolve_augmentation,
     )
 
 __getattr__, __dir__ = lazy_exports(globals())
@@ -65,6 +66,7 @@ __all__ = [
     "read_builtin",
     "read_csv_files",
     "read_folder",
+    "resolve_augmentation",
     "resolve_splits",
     "sample_weights",
     "stratified_split",

@@ -17,6 +17,7 @@ from autotimm.data.csv_source import read_csv_files
 from autotimm.data.dataset import ImageDataset
 from autotimm.data.images import image_mode
 from autotimm.data.loaders import default_num_workers, make_loader
+from autotimm.data.resumable import ResumableDataLoader, ResumableSampler
 from autotimm.data.sampling import balanced_class_weights, class_counts, sample_weights
 from autotimm.data.sources import (
     SampleTable,
@@ -35,9 +36,13 @@ from autotimm.data.transforms import (
     check_image_size,
     list_augmentation_presets,
     make_data_config,
+    resolve_augmentation,
 )
 
-__all__ = ["ImageDataModule"]
+__all__ = ["DEFAULT_OUTPUT_DIR", "ImageDataModule"]
+
+#: Folder of the split file when ``output_dir`` is not given and no `AutoTrainer` run names one.
+DEFAULT_OUTPUT_DIR = Path("autotimm_output")
 
 _CSV_ARGUMENTS = ("train_csv", "val_csv", "test_csv", "image_dir", "image_column", "label_column", "label_delimiter")
 _SOURCE_ARGUMENTS = {
@@ -75,7 +80,10 @@ class ImageDataModule(pl.LightningDataModule):
     Pass exactly one source: ``data_dir``, ``train_csv``, ``images`` with
     ``labels``, or ``dataset``. Missing validation/test splits are carved from
     the training data (stratified, seeded) and recorded in
-    ``output_dir/splits.json``, which later runs reuse. Files are checked when
+    ``output_dir/splits.json``, which later runs reuse; by default 20% for
+    validation and 10% for a held-out test split, as ``autotimm train`` does.
+    Without an ``output_dir``, `AutoTrainer.fit` puts the split file into its
+    run folder (see [`use_run_dir`][autotimm.ImageDataModule.use_run_dir]). Files are checked when
     the data is set up. Validation, test and prediction images always get the
     evaluation transform.
 
@@ -97,11 +105,16 @@ class ImageDataModule(pl.LightningDataModule):
         dataset_root: Where the built-in dataset is cached.
         val_split: Fraction of the training data held out for validation when
             the source has no validation split, in ``[0, 1)``.
-        test_split: Fraction held out for testing when the source has no test split.
+        test_split: Fraction held out for testing when the source has no test
+            split, in ``[0, 1)``; 0 carves none.
         seed: Seed of the split (and of the balanced sampler).
-        output_dir: Folder of the split file; ``None`` writes none.
+        output_dir: Folder of the split file; ``None`` writes none. Not given:
+            the run folder of the `AutoTrainer` that fits on this data, else
+            [`DEFAULT_OUTPUT_DIR`][autotimm.data.datamodule.DEFAULT_OUTPUT_DIR].
         image_size: Overrides the backbone's input size (int or ``(H, W)``).
         augmentation: A preset from ``list_augmentation_presets()`` or a transform.
+            ``"auto"``: none for images of at most 64 px, else ``"light"``
+            (see [`resolve_augmentation`][autotimm.data.resolve_augmentation]).
         train_transform: A custom training transform (Pillow image to tensor),
             used instead of the preset.
         eval_transform: A custom evaluation transform, used instead of timm's.
@@ -137,11 +150,11 @@ class ImageDataModule(pl.LightningDataModule):
         dataset: str | None = None,
         dataset_root: str | Path | None = None,
         val_split: float = 0.2,
-        test_split: float = 0.0,
+        test_split: float = 0.1,
         seed: int = 42,
-        output_dir: str | Path | None = "autotimm_output",
+        output_dir: str | Path | None = DEFAULT_OUTPUT_DIR,
         image_size: int | tuple[int, int] | None = None,
-        augmentation: str | Callable = "light",
+        augmentation: str | Callable = "auto",
         train_transform: Callable | None = None,
         eval_transform: Callable | None = None,
         in_chans: int = 3,
@@ -189,6 +202,8 @@ class ImageDataModule(pl.LightningDataModule):
         self.val_split = val_split
         self.test_split = test_split
         self.seed = seed
+        # The default object itself (not an equal path) means "not chosen": a run folder may replace it.
+        self._output_dir_chosen = output_dir is not DEFAULT_OUTPUT_DIR
         self.output_dir = None if output_dir is None else Path(output_dir)
         self.image_size = image_size
         self.augmentation = augmentation
@@ -220,6 +235,24 @@ class ImageDataModule(pl.LightningDataModule):
         self.in_chans = in_chans
         self._data_config = make_data_config(backbone, in_chans, self.image_size)
         return self
+
+    def use_run_dir(self, run_dir: str | Path) -> bool:
+        """Write the split file into a training run's folder, unless ``output_dir`` was given.
+
+        `AutoTrainer.fit` calls this before setting the data up, so the split
+        file lies with the checkpoints and logs of the run it was made for. A
+        data module already set up keeps the split file it wrote.
+
+        Args:
+            run_dir: The run's folder.
+
+        Returns:
+            Whether the split file now goes to ``run_dir``.
+        """
+        if self._output_dir_chosen or self._tables is not None:
+            return False
+        self.output_dir = Path(run_dir)
+        return True
 
     @classmethod
     def derived_from(
@@ -273,6 +306,7 @@ class ImageDataModule(pl.LightningDataModule):
         new.__dict__.update(base.__dict__)  # the same source, settings and decoded tables
         new.trainer = None
         new.output_dir = None  # the base wrote the split file; copies never rewrite it
+        new._output_dir_chosen = True
         if tables is not None:
             new._tables = dict(tables)
         if augmentation is not None:
@@ -439,8 +473,8 @@ class ImageDataModule(pl.LightningDataModule):
             )
         augment = split == "train" if augment is None else augment
         custom = self._train_transform if augment else self._eval_transform
-        preset = self.augmentation if augment else "none"
         config = self.data_config
+        preset = resolve_augmentation(self.augmentation, config) if augment and custom is None else "none"
         if (
             custom is None
             and preset in BATCHED_AUGMENTATIONS
@@ -474,8 +508,9 @@ class ImageDataModule(pl.LightningDataModule):
         """
         dataset = self.dataset("train")
         drop_last = len(dataset) > self.batch_size
-        if not self.balanced_sampling:
-            return self._loader(dataset, shuffle=True, drop_last=drop_last)
+        if not self.balanced_sampling:  # an order that a run resumed inside an epoch can continue
+            sampler = ResumableSampler(dataset, batch_size=self.batch_size)
+            return self._loader(dataset, sampler=sampler, drop_last=drop_last, loader_class=ResumableDataLoader)
         # Weights of the training split only: the sampler's indices are indices into the training dataset.
         sampler = WeightedRandomSampler(
             sample_weights(self._require_setup()["train"].targets, self.num_classes, self._multi_label),

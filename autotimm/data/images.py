@@ -21,6 +21,7 @@ from PIL import ExifTags, Image, ImageOps
 __all__ = [
     "IMAGE_EXTENSIONS",
     "READ_ERRORS",
+    "STORED_SIZE_KEY",
     "ImageTooLargeError",
     "array_to_image",
     "check_images",
@@ -61,13 +62,19 @@ def _to_8bit(image: Image.Image) -> Image.Image:
     Pillow's own conversion clips these values at 255 instead of scaling them,
     which turns a 16-bit image white. Integers are taken as 16-bit (0-65535);
     floats in ``[0, 1]`` are scaled to 0-255, other floats are taken as 0-255.
+    Converted a band of rows at a time, so that the float64 temporaries stay
+    small (a 40-megapixel 16-bit image took 1 GB when converted at once).
     """
-    pixels = np.asarray(image, dtype=np.float64)
-    if image.mode != "F":
-        pixels = pixels / 257.0
-    elif np.nanmax(pixels, initial=0.0) <= 1.0:
-        pixels = pixels * 255.0
-    return Image.fromarray(np.clip(np.rint(np.nan_to_num(pixels)), 0, 255).astype(np.uint8), "L")
+    pixels = np.asarray(image)
+    # Floats: scaled by 255 when in [0, 1], else taken as they are. Integers: divided by 257.
+    factor = (255.0 if np.nanmax(pixels, initial=0.0) <= 1.0 else 1.0) if image.mode == "F" else None
+    converted = np.empty(pixels.shape, dtype=np.uint8)
+    rows = max(1, (1 << 20) // max(1, pixels.shape[1]))  # about a megapixel per band
+    for top in range(0, pixels.shape[0], rows):
+        band = pixels[top : top + rows].astype(np.float64)
+        band = band / 257.0 if factor is None else band * factor
+        converted[top : top + rows] = np.clip(np.rint(np.nan_to_num(band)), 0, 255)
+    return Image.fromarray(converted, "L")
 
 
 def _convert(image: Image.Image, mode: str) -> Image.Image:
@@ -112,19 +119,48 @@ _TURNED = frozenset(range(2, 9))
 
 def _upright(image: Image.Image) -> Image.Image:
     """Apply the EXIF orientation of a loaded image in place, as photo viewers do; a no-op without one."""
-    try:
-        orientation = image.getexif().get(ExifTags.Base.Orientation, 1)
-    except Exception:  # malformed EXIF (Pillow raises many kinds): keep the stored pixels
-        return image
-    if orientation in _TURNED:
+    if _orientation(image) in _TURNED:  # malformed EXIF counts as upright: the stored pixels are kept
         # Raising here means the pixels are turned and only rewriting the EXIF block failed: keep them.
         with contextlib.suppress(Exception):
             ImageOps.exif_transpose(image, in_place=True)
     return image
 
 
-def decode_image(source: str | os.PathLike[str] | bytes | BinaryIO, max_pixels: int | None = None) -> Image.Image:
-    """Decode an image file or bytes with Pillow, fully, upright by its EXIF orientation.
+def _orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag of an opened image (1, upright, when it has none or it is malformed)."""
+    try:
+        return int(image.getexif().get(ExifTags.Base.Orientation, 1))
+    except Exception:  # malformed EXIF (Pillow raises many kinds)
+        return 1
+
+
+#: Orientations that turn the image by 90 degrees: its width and height swap when it is made upright.
+_SIDEWAYS = frozenset((5, 6, 7, 8))
+
+#: The ``Image.info`` key where `decode_image` keeps the stored ``(width, height)`` of a JPEG it decoded reduced.
+STORED_SIZE_KEY = "autotimm_stored_size"
+
+
+def _draft(image: Image.Image, draft_size: tuple[int, int]) -> None:
+    """Ask Pillow to decode a JPEG at the largest DCT reduction (1/2, 1/4, 1/8) that keeps ``draft_size`` upright.
+
+    Pillow's ``Image.draft`` is a no-op for other formats. A reduced image keeps its
+    stored size in ``image.info[STORED_SIZE_KEY]``.
+    """
+    width, height = draft_size
+    if _orientation(image) in _SIDEWAYS:  # the size is asked for as shown; draft works on the stored pixels
+        width, height = height, width
+    stored = image.size
+    if image.draft(image.mode, (width, height)) is not None and image.size != stored:
+        image.info[STORED_SIZE_KEY] = stored
+
+
+def decode_image(
+    source: str | os.PathLike[str] | bytes | BinaryIO,
+    max_pixels: int | None = None,
+    draft_size: tuple[int, int] | None = None,
+) -> Image.Image:
+    """Decode an image file or bytes with Pillow, upright by its EXIF orientation.
 
     Every image read from a file or from bytes goes through here. A photo whose
     EXIF orientation tag is not 1 (e.g. 6, "rotate 90 degrees clockwise to view")
@@ -132,10 +168,19 @@ def decode_image(source: str | os.PathLike[str] | bytes | BinaryIO, max_pixels: 
     images without the tag (or with 1) are returned as stored, without a copy.
     The mode is not changed (``load_image`` converts it).
 
+    The header (format and size) is read first, so ``max_pixels`` refuses an image
+    before any of its pixels are decoded. With ``draft_size``, a JPEG is decoded at a
+    reduced scale (Pillow's ``Image.draft``: libjpeg's DCT scaling by 1/2, 1/4 or 1/8,
+    never below ``draft_size``), which costs a fraction of the memory and time of a full
+    decode; other formats are decoded in full.
+
     Args:
         source: A file path, the file's bytes, or a binary file object.
         max_pixels: Refuse images with more pixels (width times height) before
             their pixels are decoded; ``None``: only Pillow's decompression-bomb limit.
+        draft_size: ``(width, height)``, as the upright image is shown, that a JPEG must
+            keep at least; ``None``: decode every image at full size. A JPEG decoded reduced
+            keeps its stored size in ``image.info[STORED_SIZE_KEY]``.
 
     Returns:
         The decoded image, fully loaded (a file is closed).
@@ -151,6 +196,8 @@ def decode_image(source: str | os.PathLike[str] | bytes | BinaryIO, max_pixels: 
     with Image.open(source) as image:
         if max_pixels is not None and image.width * image.height > max_pixels:
             raise ImageTooLargeError(image.width, image.height, max_pixels, image.format)
+        if draft_size is not None:
+            _draft(image, draft_size)
         image.load()
         return _upright(image)
 

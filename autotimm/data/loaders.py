@@ -17,19 +17,23 @@ def default_num_workers() -> int:
     return min(4, max(usable_cores() - 1, 0))
 
 
-def make_loader(dataset: Dataset, batch_size: int, num_workers: int, **kwargs: Any) -> DataLoader:
+def make_loader(
+    dataset: Dataset, batch_size: int, num_workers: int, loader_class: type[DataLoader] = DataLoader, **kwargs: Any
+) -> DataLoader:
     """Build a DataLoader with persistent workers (when there are any) and pinned memory (with CUDA).
 
     Args:
         dataset: The dataset.
         batch_size: Samples per batch.
         num_workers: Worker processes; 0 loads in the main process.
+        loader_class: ``DataLoader`` or a subclass, e.g.
+            [`ResumableDataLoader`][autotimm.data.resumable.ResumableDataLoader].
         **kwargs: Further ``DataLoader`` arguments (``shuffle``, ``sampler``, ``drop_last``).
 
     Returns:
         The loader.
     """
-    return DataLoader(
+    return loader_class(
         dataset,
         batch_size=batch_size,
         num_workers=num_workers,

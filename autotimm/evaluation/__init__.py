@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the public names, for type checkers and the API docs; at ru
         reliability_bins,
     )
     from autotimm.evaluation.explanations import Explanation, explain
+    from autotimm.evaluation.multi_label import MultiLabelEvaluationReport, evaluate_multi_label, multi_label_metrics
     from autotimm.evaluation.plots import reliability_diagram
     from autotimm.evaluation.report import EvaluationReport, classification_metrics, evaluate
 
@@ -22,12 +23,15 @@ __all__ = [
     "CalibrationResult",
     "EvaluationReport",
     "Explanation",
+    "MultiLabelEvaluationReport",
     "calibrate_model",
     "classification_metrics",
     "evaluate",
+    "evaluate_multi_label",
     "expected_calibration_error",
     "explain",
     "fit_temperature",
+    "multi_label_metrics",
     "reliability_bins",
     "reliability_diagram",
 ]

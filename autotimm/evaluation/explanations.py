@@ -34,7 +34,7 @@ EXPLAIN_METHODS: dict[str, str] = {
 }
 
 
-@dataclass
+@dataclass(repr=False)
 class Explanation:
     """A heat-map of where the model looked, for one image and one class.
 
@@ -95,20 +95,37 @@ class Explanation:
         from matplotlib.backends.backend_agg import FigureCanvasAgg
         from matplotlib.figure import Figure
 
+        from autotimm.evaluation.plots import font_fallback
+
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        fig = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
-        FigureCanvasAgg(fig)
-        left, right = fig.subplots(1, 2)
-        left.imshow(self.image)
-        left.set_title("input", fontsize=10)
-        right.imshow(self.overlay(alpha))
-        right.set_title(self.method, fontsize=10)
-        for ax in (left, right):
-            ax.set_axis_off()
-        fig.suptitle(f"{self.target_name}  (p = {self.probability:.1%})")
-        fig.savefig(path, format=None if path.suffix else "png")
+        fonts = font_fallback([self.target_name])  # e.g. a CJK font for a Chinese class name, when installed
+        with fonts.context():
+            fig = Figure(figsize=(6.4, 3.6), dpi=100, layout="constrained")
+            FigureCanvasAgg(fig)
+            left, right = fig.subplots(1, 2)
+            left.imshow(self.image)
+            left.set_title("input", fontsize=10)
+            right.imshow(self.overlay(alpha))
+            right.set_title(self.method, fontsize=10)
+            for ax in (left, right):
+                ax.set_axis_off()
+            name = self.target_name if not fonts.uncovered else f"class {self.target}: {fonts.shown(self.target_name)}"
+            fig.suptitle(f"{name}  (p = {self.probability:.1%})")
+            fig.savefig(path, format=None if path.suffix else "png")
         return path
+
+    def __repr__(self) -> str:
+        """The numbers and the arrays' shapes, not the arrays (a heat-map has tens of thousands of values)."""
+
+        def shape(array: np.ndarray) -> str:
+            return f"<{array.dtype} array {tuple(array.shape)}>" if isinstance(array, np.ndarray) else repr(array)
+
+        return (
+            f"Explanation(target={self.target!r}, target_name={self.target_name!r}, "
+            f"probability={self.probability:.4f}, method={self.method!r}, heatmap={shape(self.heatmap)}, "
+            f"image={shape(self.image)}, alpha={self.alpha!r}, source={self.source!r})"
+        )
 
 
 # ---------------------------------------------------------------------- checks

@@ -17,7 +17,13 @@ import numpy as np
 
 from autotimm.prediction.inputs import ImageSource, collect_inputs, is_tensor
 
-__all__ = ["check_single_label", "is_multi_label", "map_class_names", "resolve_labelled_data"]
+__all__ = [
+    "check_single_label",
+    "is_multi_label",
+    "map_class_names",
+    "resolve_labelled_data",
+    "resolve_multi_label_data",
+]
 
 _ACCEPTED = (
     "an ImageDataModule, a folder of class folders (<folder>/<class name>/<image>), "
@@ -34,7 +40,7 @@ def is_multi_label(model: Any) -> bool:
 
 
 def check_single_label(model: Any, what: str) -> None:
-    """Raise for a multi-label model: evaluation and calibration are single-label only for now.
+    """Raise for a multi-label model, where only single-label ones are supported (calibration: temperature scaling).
 
     Raises:
         ValueError: ``model`` is multi-label.
@@ -42,7 +48,7 @@ def check_single_label(model: Any, what: str) -> None:
     if is_multi_label(model):
         raise ValueError(
             f"{what} supports single-label models only for now; this model was built with multi_label=True "
-            "(per-class sigmoid outputs). Compute multi-label metrics from `model.predict_logits` instead."
+            "(per-class sigmoid outputs). `evaluate` reports multi-label metrics (precision, recall, F1, mAP)."
         )
 
 
@@ -103,7 +109,9 @@ def _from_table(table: Any, data_names: Sequence[str], model_names: Sequence[str
 def _from_datamodule(data: Any, model_names: Sequence[str], split: str) -> tuple[list[ImageSource], np.ndarray]:
     data.setup()  # runs once; later calls do nothing
     if data.multi_label:
-        raise ValueError("`data` is multi-label; evaluation and calibration support single-label data only for now")
+        raise ValueError(
+            "`data` is multi-label and the model is single-label: evaluate and calibrate it on single-label data"
+        )
     table = _pick_split(data.tables, split, "the ImageDataModule")
     return _from_table(table, data.class_names, model_names, "The ImageDataModule")
 
@@ -209,3 +217,65 @@ def resolve_labelled_data(
     if isinstance(data, (tuple, list)) and len(data) == 2:
         return _from_arrays(data[0], data[1], names)
     raise TypeError(f"`data` must be {_ACCEPTED}; got {type(data).__name__}")
+
+
+def resolve_multi_label_data(
+    data: Any, class_names: Sequence[str], split: str = "test"
+) -> tuple[list[ImageSource], np.ndarray]:
+    """Turn multi-label data into image sources and ``(N, C)`` 0/1 targets in the model's class order.
+
+    Args:
+        data: A multi-label [`ImageDataModule`][autotimm.data.ImageDataModule] (a CSV file whose labels are
+            sets), whose ``split`` is used, or an ``(images, targets)`` pair with ``(N, C)`` 0/1 targets
+            already in the model's class order.
+        class_names: The model's class names, in its output order.
+        split: The data module's split.
+
+    Returns:
+        ``(sources, targets)``: one source per image and ``(N, C)`` int64 multi-hot targets.
+
+    Raises:
+        ValueError: Single-label data, a missing split, classes the model does not know, or targets of the
+            wrong shape.
+        TypeError: ``data`` of another type.
+
+    Example:
+        >>> images, targets = np.zeros((2, 8, 8, 3), np.uint8), np.array([[1, 0, 1], [0, 1, 0]])
+        >>> sources, y = resolve_multi_label_data((images, targets), ["cat", "dog", "sofa"])
+        >>> len(sources), y.sum(axis=1).tolist()
+        (2, [2, 1])
+    """
+    from autotimm.data.datamodule import ImageDataModule
+
+    names = [str(n) for n in class_names]
+    if isinstance(data, ImageDataModule):
+        data.setup()
+        if not data.multi_label:
+            raise ValueError(
+                "`data` is single-label and the model is multi-label: evaluate it on multi-label data "
+                "(a CSV file whose label column lists several labels per image)"
+            )
+        table = _pick_split(data.tables, split, "the ImageDataModule")
+        mapping = map_class_names(data.class_names, names, "The ImageDataModule")
+        targets = np.zeros((len(table), len(names)), dtype=np.int64)
+        for row, labels in enumerate(table.targets):
+            targets[row, mapping[np.asarray(labels, dtype=np.int64)]] = 1
+        return _table_sources(table), targets
+    if isinstance(data, (tuple, list)) and len(data) == 2:
+        images, targets = data
+        if is_tensor(targets):
+            targets = targets.detach().cpu().numpy()
+        array = np.asarray(targets)
+        if array.ndim != 2 or array.shape[1] != len(names) or not np.isin(array, (0, 1)).all():
+            raise ValueError(
+                f"`targets` must be (N, {len(names)}) 0/1 multi-hot labels in the model's class order, "
+                f"got shape {array.shape}"
+            )
+        sources = collect_inputs(images)
+        if len(sources) != len(array):
+            raise ValueError(f"`data` has {len(sources)} images but {len(array)} targets; they must be the same length")
+        return sources, array.astype(np.int64)
+    raise TypeError(
+        "`data` must be a multi-label ImageDataModule or an (images, targets) pair with (N, C) 0/1 targets; "
+        f"got {type(data).__name__}"
+    )

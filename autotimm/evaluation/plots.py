@@ -2,12 +2,22 @@
 
 Figures are built with ``matplotlib.figure.Figure`` directly (no pyplot), so
 drawing works in threads, on machines without a display and never opens a window.
+
+Class names in any script: [`font_fallback`][autotimm.evaluation.plots.font_fallback]
+finds installed fonts with the glyphs matplotlib's default font lacks (Noto Sans
+CJK, Droid Sans Fallback, ... for Chinese, Japanese or Korean names), and
+[`class_labels`][autotimm.evaluation.plots.class_labels] falls back to class
+indices with a legend when no installed font has them, so that no figure draws
+empty boxes or warns once per missing glyph.
 """
 
 from __future__ import annotations
 
+import contextlib
+import functools
 import math
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -18,11 +28,140 @@ from autotimm.evaluation.calibration import ReliabilityBins, reliability_bins
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
 
-__all__ = ["draw_reliability", "image_grid_figure", "message_figure", "reliability_diagram", "save_figure"]
+__all__ = [
+    "FontFallback",
+    "add_legend",
+    "class_labels",
+    "draw_reliability",
+    "font_fallback",
+    "image_grid_figure",
+    "message_figure",
+    "per_class_bar_figure",
+    "reliability_diagram",
+    "sample_indices",
+    "save_figure",
+]
 
 _OVER = "#d62728"  # over-confident gap
 _UNDER = "#2ca02c"  # under-confident gap
 _BAR = "#1f77b4"
+
+
+# matplotlib's own last-resort font has a placeholder box for every character: it shows no glyph.
+_PLACEHOLDER_FONTS = ("Last Resort",)
+
+
+@functools.cache
+def _installed_fonts() -> tuple[tuple[str, frozenset[int]], ...]:
+    """Every font matplotlib knows (but the placeholder one), with the code points it has glyphs for."""
+    from matplotlib import font_manager, ft2font
+
+    fonts: list[tuple[str, frozenset[int]]] = []
+    seen: set[str] = set()
+    for entry in font_manager.fontManager.ttflist:
+        if entry.fname in seen or entry.name.startswith(_PLACEHOLDER_FONTS):
+            continue
+        seen.add(entry.fname)
+        try:
+            fonts.append((entry.name, frozenset(ft2font.FT2Font(entry.fname).get_charmap())))
+        except (OSError, RuntimeError, ValueError):  # an unreadable font file: not a candidate
+            continue
+    return tuple(fonts)
+
+
+def _default_font_chars() -> frozenset[int]:
+    """The code points of the font matplotlib draws text with by default (``rcParams["font.family"]``)."""
+    import matplotlib
+    from matplotlib import font_manager, ft2font
+
+    path = font_manager.findfont(font_manager.FontProperties(family=matplotlib.rcParams["font.family"]))
+    return frozenset(ft2font.FT2Font(path).get_charmap())
+
+
+@dataclass(frozen=True)
+class FontFallback:
+    """Which installed fonts draw some texts, as [`font_fallback`][autotimm.evaluation.plots.font_fallback] found.
+
+    Args:
+        families: Font families to try after the default one, for the glyphs it lacks (empty: none needed).
+        uncovered: Characters that no installed font has a glyph for.
+    """
+
+    families: tuple[str, ...] = ()
+    uncovered: frozenset[str] = frozenset()
+
+    @contextlib.contextmanager
+    def context(self) -> Iterator[None]:
+        """Draw (create and save figures) inside this to use the fallback fonts; nothing changes outside it."""
+        import matplotlib
+
+        if not self.families:
+            yield
+            return
+        families = [*matplotlib.rcParams["font.family"], *self.families]
+        with matplotlib.rc_context({"font.family": families}):
+            yield
+
+    def shown(self, text: str) -> str:
+        """``text`` with each character no font has written as its code point, U+XXXX (nothing left to warn about)."""
+        return "".join(f"U+{ord(c):04X}" if c in self.uncovered else c for c in text)
+
+
+def font_fallback(texts: Iterable[str]) -> FontFallback:
+    """Find installed fonts with the glyphs of ``texts`` that matplotlib's default font lacks.
+
+    Each font is added only if it has glyphs still missing; fonts are tried in matplotlib's font list order.
+    The fonts' glyph tables are read once per process.
+
+    Args:
+        texts: The texts to draw, e.g. class names.
+
+    Returns:
+        The fallback families, and the characters no installed font has.
+
+    Example:
+        >>> font_fallback(["cat", "dog"]).families
+        ()
+    """
+    needed = {ord(c) for text in texts for c in str(text) if not c.isspace()}
+    missing = needed - _default_font_chars() if any(c > 127 for c in needed) else set()
+    families: list[str] = []
+    for name, chars in _installed_fonts() if missing else ():
+        if missing & chars:
+            families.append(name)
+            missing -= chars
+            if not missing:
+                break
+    return FontFallback(tuple(dict.fromkeys(families)), frozenset(chr(c) for c in missing))
+
+
+def class_labels(class_names: Sequence[str]) -> tuple[list[str], str | None, FontFallback]:
+    """What a figure writes for each class: its name, or its index when no installed font can draw every name.
+
+    Args:
+        class_names: The class names.
+
+    Returns:
+        ``(labels, legend, fonts)``: the labels to draw; ``None``, or (with index labels) a legend of
+        ``index: name`` lines with the characters no font has escaped; and the fonts to draw with
+        (use ``fonts.context()``).
+
+    Example:
+        >>> class_labels(["cat", "dog"])[:2]
+        (['cat', 'dog'], None)
+    """
+    names = [str(n) for n in class_names]
+    fonts = font_fallback(names)
+    if not fonts.uncovered:
+        return names, None, fonts
+    legend = "\n".join(f"{i}: {fonts.shown(name)}" for i, name in enumerate(names))
+    return [str(i) for i in range(len(names))], legend, fonts
+
+
+def add_legend(figure: Figure, legend: str | None) -> None:
+    """Write a class legend (from `class_labels`) under the figure; ``save_figure`` keeps text outside the axes."""
+    if legend:
+        figure.text(0.01, 0.0, "Classes:\n" + legend, ha="left", va="top", fontsize=8, family="monospace")
 
 
 def save_figure(figure: Figure, path: str | Path, dpi: int = 120) -> Path:
@@ -101,7 +240,11 @@ def draw_reliability(panels: Sequence[tuple[str, ReliabilityBins]], title: str |
 
 
 def image_grid_figure(
-    images: Sequence[np.ndarray], titles: Sequence[str], columns: int = 4, title: str | None = None
+    images: Sequence[np.ndarray],
+    titles: Sequence[str],
+    columns: int = 4,
+    title: str | None = None,
+    colors: Sequence[str] | None = None,
 ) -> Figure:
     """A grid of ``(H, W, 3)`` uint8 images with a title each.
 
@@ -110,6 +253,7 @@ def image_grid_figure(
         titles: One (possibly multi-line) title per image.
         columns: Images per row at most.
         title: The figure title.
+        colors: A matplotlib colour per image for its title and frame (e.g. green right, red wrong); ``None``: plain.
 
     Returns:
         The figure.
@@ -123,12 +267,95 @@ def image_grid_figure(
     for i, (image, text) in enumerate(zip(images, titles, strict=True)):
         ax = fig.add_subplot(rows, columns, i + 1)
         ax.imshow(image, interpolation="nearest" if max(image.shape[:2]) < 96 else "antialiased")
-        ax.set_title(text, fontsize=9)
+        ax.set_title(text, fontsize=9, **({"color": colors[i]} if colors else {}))
         ax.set_xticks([])
         ax.set_yticks([])
+        if colors:
+            for spine in ax.spines.values():
+                spine.set_edgecolor(colors[i])
+                spine.set_linewidth(3)
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    return fig
+
+
+def sample_indices(labels: np.ndarray, max_images: int = 24, per_class: int = 4, seed: int = 0) -> list[int]:
+    """A stratified choice of images to show: up to ``per_class`` of each class, at most ``max_images`` in all.
+
+    With more classes than ``max_images``, ``max_images`` classes are drawn at
+    random (seeded), one image each; otherwise every class gets
+    ``min(per_class, max_images // classes)`` (at least one) of its images, drawn at random.
+
+    Args:
+        labels: The true class of each image.
+        max_images: The most images chosen (>= 1).
+        per_class: The most images of one class.
+        seed: Seed of the random choice.
+
+    Returns:
+        Indices into ``labels``, grouped by class in class order.
+
+    Example:
+        >>> sample_indices(np.array([0, 0, 0, 1, 1, 2]), max_images=6, per_class=2, seed=0)
+        [1, 2, 3, 4, 5]
+    """
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels)
+    classes = np.unique(labels)
+    if len(classes) > max_images:
+        classes = np.sort(rng.choice(classes, size=max_images, replace=False))
+    take = max(1, min(per_class, max_images // max(1, len(classes))))
+    chosen: list[int] = []
+    for c in classes:
+        members = np.flatnonzero(labels == c)
+        chosen += sorted(int(i) for i in rng.choice(members, size=min(take, len(members)), replace=False))
+    return chosen[:max_images]
+
+
+def per_class_bar_figure(
+    class_names: Sequence[str],
+    values: Sequence[float],
+    support: Sequence[int],
+    metric: str = "recall",
+    max_classes: int = 40,
+) -> Figure:
+    """Horizontal bars of a per-class metric, sorted worst first, with each class's support written on its bar.
+
+    With more than ``max_classes`` classes only the worst ``max_classes`` are
+    drawn (the title says so), so that every name stays legible.
+
+    Args:
+        class_names: What to write for each class (see `class_labels`).
+        values: The metric of each class, in ``[0, 1]``.
+        support: The number of images of each class.
+        metric: The metric's name, for the axis and the title.
+        max_classes: The most classes drawn (>= 1).
+
+    Returns:
+        The figure.
+    """
+    from matplotlib.figure import Figure
+
+    order = sorted(range(len(values)), key=lambda i: (values[i], -support[i], str(class_names[i])))
+    shown = order[:max_classes]
+    title = f"Per-class {metric}, worst first"
+    if len(order) > len(shown):
+        title = f"Per-class {metric}: the {len(shown)} worst of {len(order)} classes (all in per_class.csv)"
+    fig = Figure(figsize=(7.5, 1.2 + 0.28 * len(shown)), layout="constrained")
+    ax = fig.add_subplot()
+    positions = np.arange(len(shown))[::-1]  # worst at the top
+    scores = [float(values[i]) for i in shown]
+    colours = [_OVER if v < 0.5 else _BAR for v in scores]
+    ax.barh(positions, scores, color=colours, height=0.7)
+    ax.set_yticks(positions, [str(class_names[i]) for i in shown], fontsize=8 if len(shown) > 25 else 9)
+    ax.set_xlim(0, 1.18)
+    ax.set_xticks(np.linspace(0, 1, 6))
+    for y, value, i in zip(positions, scores, shown, strict=True):
+        ax.text(min(value, 1.0) + 0.01, y, f"{value:.2f} (n={int(support[i])})", va="center", fontsize=7.5)
+    ax.set_xlabel(metric)
+    ax.grid(axis="x", alpha=0.3)
+    ax.set_title(title)
     return fig
 
 

@@ -28,8 +28,18 @@ from torchmetrics.functional.classification import (
 
 from autotimm.checks import require_number
 from autotimm.evaluation.calibration import expected_calibration_error, negative_log_likelihood
-from autotimm.evaluation.labelled_data import check_single_label, resolve_labelled_data
-from autotimm.evaluation.plots import image_grid_figure, message_figure, reliability_diagram, save_figure
+from autotimm.evaluation.labelled_data import is_multi_label, resolve_labelled_data
+from autotimm.evaluation.multi_label import MultiLabelEvaluationReport, evaluate_multi_label
+from autotimm.evaluation.plots import (
+    add_legend,
+    class_labels,
+    image_grid_figure,
+    message_figure,
+    per_class_bar_figure,
+    reliability_diagram,
+    sample_indices,
+    save_figure,
+)
 from autotimm.prediction.inputs import ImageSource
 from autotimm.prediction.predict import softmax
 from autotimm.training.diagnostics import confusion_matrix_figure
@@ -257,9 +267,12 @@ def _write_files(report: EvaluationReport, predictions: _Predictions, computed: 
 
 # ---------------------------------------------------------------------- figures
 def _confidently_wrong_figure(
-    model: Any, predictions: _Predictions, rows: list[dict[str, Any]], probs: np.ndarray
+    model: Any, predictions: _Predictions, rows: list[dict[str, Any]], probs: np.ndarray, shown: dict[str, str]
 ) -> Any:
-    """A grid of the most confidently wrong images (``rows``), or a message image when every prediction is right."""
+    """A grid of the most confidently wrong images (``rows``), or a message image when every prediction is right.
+
+    ``shown`` maps each class name to what is drawn for it (the name, or its index; see `class_labels`).
+    """
     labels = predictions.labels
     if not rows:
         return message_figure(f"No misclassified images: all {len(labels)} predictions are right.")
@@ -268,7 +281,7 @@ def _confidently_wrong_figure(
     images = [pre.denormalize(pre(predictions.sources[row["index"]].load(pre.in_chans))) for row in rows]
     titles = []
     for row in rows:
-        text = f"true: {row['true']}\npred: {row['predicted']} ({row['probability']:.2f})"
+        text = f"true: {shown[row['true']]}\npred: {shown[row['predicted']]} ({row['probability']:.2f})"
         if not row["source"].startswith("#"):
             text += f"\n{Path(row['source']).name[:28]}"
         titles.append(text)
@@ -278,17 +291,54 @@ def _confidently_wrong_figure(
 def _draw_figures(model: Any, report: EvaluationReport, predictions: _Predictions, computed: _Computed) -> None:
     """Save the confusion matrices, the reliability diagram and (when asked for) the confidently wrong images."""
     files, names, labels = report.files, predictions.class_names, predictions.labels
+    shown, legend, fonts = class_labels(names)  # a font with the names' glyphs, or indices and a legend
     matrix = np.asarray(report.confusion_matrix)
-    save_figure(confusion_matrix_figure(matrix, names, title="Confusion matrix (counts)"), files["confusion_matrix"])
-    shares = confusion_matrix_figure(matrix, names, normalize=True, title="Confusion matrix (share of each true class)")
-    save_figure(shares, files["confusion_matrix_normalized"])
-    temperature = computed.temperature
-    calibrated = computed.calibrated if temperature != 1.0 else None
-    diagram = reliability_diagram(computed.raw, labels, report.n_bins, calibrated, temperature)
-    save_figure(diagram, files["reliability_diagram"])
-    if "confidently_wrong" in files:
-        figure = _confidently_wrong_figure(model, predictions, report.confidently_wrong, computed.calibrated)
-        save_figure(figure, files["confidently_wrong"])
+    with fonts.context():
+        counts = confusion_matrix_figure(matrix, shown, title="Confusion matrix (counts)")
+        add_legend(counts, legend)
+        save_figure(counts, files["confusion_matrix"])
+        title = "Confusion matrix (share of each true class)"
+        shares = confusion_matrix_figure(matrix, shown, normalize=True, title=title)
+        add_legend(shares, legend)
+        save_figure(shares, files["confusion_matrix_normalized"])
+        temperature = computed.temperature
+        calibrated = computed.calibrated if temperature != 1.0 else None
+        diagram = reliability_diagram(computed.raw, labels, report.n_bins, calibrated, temperature)
+        save_figure(diagram, files["reliability_diagram"])
+        if "confidently_wrong" in files:
+            rows, probs = report.confidently_wrong, computed.calibrated
+            figure = _confidently_wrong_figure(model, predictions, rows, probs, dict(zip(names, shown, strict=True)))
+            add_legend(figure, legend if rows else None)
+            save_figure(figure, files["confidently_wrong"])
+        if "samples" in files:
+            figure = _samples_figure(model, predictions, computed.calibrated, shown, report.split)
+            add_legend(figure, legend)
+            save_figure(figure, files["samples"])
+        if "per_class_recall" in files:
+            recall = [row["recall"] for row in report.per_class]
+            support = [row["support"] for row in report.per_class]
+            save_figure(per_class_bar_figure(shown, recall, support, "recall"), files["per_class_recall"])
+
+
+def _samples_figure(
+    model: Any, predictions: _Predictions, probs: np.ndarray, shown: list[str], split: str | None
+) -> Any:
+    """A stratified grid of images (a few per class) with true and predicted class: green right, red wrong."""
+    chosen = sample_indices(predictions.labels)
+    pre = model.preprocessor
+    images = [pre.denormalize(pre(predictions.sources[i].load(pre.in_chans))) for i in chosen]
+    preds = probs.argmax(axis=1)
+    titles, colours = [], []
+    for i in chosen:
+        right = preds[i] == predictions.labels[i]
+        titles.append(f"true: {shown[predictions.labels[i]]}\npred: {shown[preds[i]]} ({probs[i, preds[i]]:.2f})")
+        colours.append("#1a7f37" if right else "#cf222e")
+    correct = sum(c == "#1a7f37" for c in colours)
+    where = f"{split} split, " if split else ""
+    classes, total = len(set(predictions.labels[chosen].tolist())), len(set(predictions.labels.tolist()))
+    spread = f"a few of each of {classes} classes" if classes == total else f"one each of {classes} of {total} classes"
+    title = f"Sample predictions ({where}{len(chosen)} images, {spread}; {correct} right)"
+    return image_grid_figure(images, titles, columns=6, title=title, colors=colours)
 
 
 # ---------------------------------------------------------------------- steps of evaluate
@@ -363,6 +413,8 @@ def _report_files(out: Path, num_wrong: int) -> dict[str, Path]:
         "confusion_matrix": out / "confusion_matrix.png",
         "confusion_matrix_normalized": out / "confusion_matrix_normalized.png",
         "reliability_diagram": out / "reliability_diagram.png",
+        "samples": out / "samples.png",
+        "per_class_recall": out / "per_class_recall.png",
     }
     if num_wrong > 0:
         files["confidently_wrong"] = out / "confidently_wrong.png"
@@ -418,7 +470,8 @@ def evaluate(
     num_wrong: int = 16,
     progress: bool | None = None,
     verbose: bool = True,
-) -> EvaluationReport:
+    threshold: float | None = None,
+) -> EvaluationReport | MultiLabelEvaluationReport:
     """Evaluate a classifier on labelled images, print the metrics and write a report folder.
 
     Images get the model's own evaluation preprocessing through
@@ -428,9 +481,17 @@ def evaluate(
 
     Files written to ``output_dir``: ``metrics.json``, ``per_class.csv``,
     ``per_class.json``, ``predictions.csv``, ``confusion_matrix.png``,
-    ``confusion_matrix_normalized.png``, ``reliability_diagram.png`` and
-    ``confidently_wrong.png`` (a message image when nothing is wrong; not
-    written with ``num_wrong=0``).
+    ``confusion_matrix_normalized.png``, ``reliability_diagram.png``,
+    ``samples.png`` (a stratified grid of images, a few per class, with true
+    and predicted class and probability: green right, red wrong),
+    ``per_class_recall.png`` (recall per class, worst first, with support
+    counts; the 40 worst when there are more) and ``confidently_wrong.png``
+    (a message image when nothing is wrong; not written with ``num_wrong=0``).
+
+    A multi-label model is evaluated by
+    [`evaluate_multi_label`][autotimm.evaluation.multi_label.evaluate_multi_label]: per-class
+    precision, recall and F1 at ``threshold``, the average precision of each class and their mean
+    (mAP); ``top_k``, ``n_bins`` and ``num_wrong`` do not apply.
 
     Args:
         model: An [`ImageClassifier`][autotimm.ImageClassifier], or any object
@@ -449,16 +510,19 @@ def evaluate(
         num_wrong: How many confidently wrong images to draw.
         progress: Show a progress bar (``None``: for more than a few batches).
         verbose: Print the summary and per-class tables.
+        threshold: Multi-label models: the probability a label needs; ``None``: the model's, else 0.5.
 
     Returns:
-        The [`EvaluationReport`][autotimm.evaluation.report.EvaluationReport].
+        The [`EvaluationReport`][autotimm.evaluation.report.EvaluationReport], or a
+        [`MultiLabelEvaluationReport`][autotimm.evaluation.multi_label.MultiLabelEvaluationReport]
+        for a multi-label model.
 
     Raises:
-        ValueError: Unusable data (see ``resolve_labelled_data``), a
-            multi-label model, or an argument out of range.
+        ValueError: Unusable data (see ``resolve_labelled_data``), or an argument out of range.
     """
     _check_arguments(batch_size, top_k, n_bins, num_wrong)
-    check_single_label(model, "evaluate")
+    if is_multi_label(model):
+        return evaluate_multi_label(model, data, output_dir, split, batch_size, tta, threshold, progress, verbose)
     if tta is None:
         tta = getattr(model, "default_tta", "none")
     predictions = _predict(model, data, split, batch_size, tta, progress)

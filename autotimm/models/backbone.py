@@ -6,7 +6,7 @@ import difflib
 import sys
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import timm
 from timm.models import get_arch_pretrained_cfgs, load_pretrained
@@ -15,6 +15,7 @@ from torch import nn
 from autotimm.checks import require_number
 
 __all__ = [
+    "CHECKPOINT_FORMATS",
     "BackboneConfig",
     "PretrainedWeightsUnavailableError",
     "as_backbone_config",
@@ -22,6 +23,10 @@ __all__ = [
     "create_backbone",
     "list_backbones",
 ]
+
+
+#: Accepted ``BackboneConfig.checkpoint_format`` values: how a local state dict's keys are named.
+CHECKPOINT_FORMATS = ("auto", "timm", "torchvision")
 
 
 class PretrainedWeightsUnavailableError(RuntimeError):
@@ -41,6 +46,11 @@ class BackboneConfig:
             Face hub or a filled cache).
         checkpoint_path: A local ``.pth``/``.bin``/``.safetensors`` state dict
             to load instead of hub weights. A classifier in the file is dropped.
+        checkpoint_format: How ``checkpoint_path``'s keys are named: ``"timm"`` (timm's own),
+            ``"torchvision"`` (a torchvision classification model's, converted with
+            [`load_torchvision_weights`][autotimm.load_torchvision_weights]; see
+            [`TORCHVISION_TO_TIMM`][autotimm.models.TORCHVISION_TO_TIMM] for the architectures), or
+            ``"auto"``: torchvision when the file's keys are exactly the torchvision twin's, else timm.
         drop_rate: Dropout rate on the pooled features.
         drop_path_rate: Stochastic depth rate, for models that support it.
         in_chans: Input channels; pretrained first-layer weights are adapted.
@@ -51,6 +61,7 @@ class BackboneConfig:
     model_name: str
     pretrained: bool = True
     checkpoint_path: str | Path | None = None
+    checkpoint_format: Literal["auto", "timm", "torchvision"] = "auto"
     drop_rate: float = 0.0
     drop_path_rate: float = 0.0
     in_chans: int = 3
@@ -62,7 +73,20 @@ class BackboneConfig:
         for name in ("drop_rate", "drop_path_rate"):
             require_number(name, getattr(self, name), 0, 1, hint="a BackboneConfig field")
         require_number("in_chans", self.in_chans, 1, integer=True, hint="a BackboneConfig field")
-        fields = {"num_classes", "pretrained", "checkpoint_path", "drop_rate", "drop_path_rate", "in_chans"}
+        if self.checkpoint_format not in CHECKPOINT_FORMATS:
+            raise ValueError(
+                f"BackboneConfig `checkpoint_format` must be one of {', '.join(CHECKPOINT_FORMATS)}, "
+                f"got {self.checkpoint_format!r}"
+            )
+        fields = {
+            "num_classes",
+            "pretrained",
+            "checkpoint_path",
+            "checkpoint_format",
+            "drop_rate",
+            "drop_path_rate",
+            "in_chans",
+        }
         if not isinstance(self.extra_kwargs, dict):
             raise ValueError(f"BackboneConfig `extra_kwargs` must be a dict, got {self.extra_kwargs!r}")
         reserved = fields & set(self.extra_kwargs)
@@ -147,23 +171,70 @@ def _without_classifier(model: nn.Module) -> Any:
     return filter_fn
 
 
-def _load_checkpoint(model: nn.Module, path: Path, model_name: str, in_chans: int) -> None:
+def _checkpoint_keys(path: Path) -> list[str] | None:
+    """The state dict keys of a checkpoint file, read without its tensors; ``None`` if it cannot be read so."""
+    import torch
+
+    try:
+        if path.suffix.lower() == ".safetensors":
+            from safetensors import safe_open
+
+            with safe_open(str(path), framework="pt") as handle:
+                return list(handle.keys())
+        try:  # mmap: the tensors stay on disk, only the names are read
+            data = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+        except RuntimeError:  # a file in torch's legacy (pre-1.6, non-zip) format cannot be mapped
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # a broken file: the timm loader reports it
+        return None
+    if isinstance(data, dict):
+        for key in ("state_dict", "model"):  # nested as timm's load_state_dict reads them
+            if isinstance(data.get(key), dict):
+                data = data[key]
+                break
+    return [str(key) for key in data] if isinstance(data, dict) else None
+
+
+def _load_torchvision_checkpoint(model: nn.Module, path: Path, model_name: str) -> None:
+    from autotimm.models.torchvision_weights import load_torchvision_weights
+
+    try:
+        load_torchvision_weights(model, path, model_name)
+    except ValueError as err:
+        raise ValueError(
+            f"BackboneConfig `checkpoint_path` {str(path)!r} (checkpoint_format='torchvision') does not fit "
+            f"backbone {model_name!r}: {err}"
+        ) from err
+
+
+def _load_checkpoint(model: nn.Module, path: Path, model_name: str, in_chans: int, checkpoint_format: str) -> None:
     """Load a local state dict into a headless backbone, strictly.
 
     timm's ``pretrained_cfg_overlay(file=...)`` loads files too, but for a
     headless model it silently turns strict loading off, so a mismatched file
     would load nothing. This keeps timm's loader (formats, nested keys, input
-    conv adaptation, model filters) and fails loudly on any mismatch.
+    conv adaptation, model filters) and fails loudly on any mismatch. A
+    torchvision state dict is converted first (``checkpoint_format``).
     """
     if not path.is_file():
         raise FileNotFoundError(f"BackboneConfig `checkpoint_path` {str(path)!r} does not exist or is not a file")
+    if checkpoint_format == "auto":
+        from autotimm.models.torchvision_weights import is_torchvision_state_dict
+
+        keys = _checkpoint_keys(path)
+        checkpoint_format = "torchvision" if keys and is_torchvision_state_dict(keys, model_name) else "timm"
+    if checkpoint_format == "torchvision":
+        _load_torchvision_checkpoint(model, path, model_name)
+        return
     # custom_load=False: some default cfgs (e.g. ViT augreg) route files to a JAX .npz loader.
     cfg = {**model.pretrained_cfg, "file": str(path), "source": "", "num_classes": 0, "custom_load": False}
     try:
         load_pretrained(model, cfg, num_classes=0, in_chans=in_chans, filter_fn=_without_classifier(model), strict=True)
     except RuntimeError as err:
+        text = " ".join(str(err).split())  # torch lists every key: keep the start, on one line
         raise ValueError(
-            f"BackboneConfig `checkpoint_path` {str(path)!r} does not fit backbone {model_name!r}: {err}"
+            f"BackboneConfig `checkpoint_path` {str(path)!r} does not fit backbone {model_name!r}: "
+            f"{text[:600]}{' ...' if len(text) > 600 else ''}"
         ) from err
 
 
@@ -230,5 +301,5 @@ def create_backbone(backbone: str | BackboneConfig) -> nn.Module:
             raise ValueError(f"timm model {cfg.model_name!r} rejected the backbone arguments: {err}") from err
         raise
     if cfg.checkpoint_path is not None:
-        _load_checkpoint(model, Path(cfg.checkpoint_path), cfg.model_name, cfg.in_chans)
+        _load_checkpoint(model, Path(cfg.checkpoint_path), cfg.model_name, cfg.in_chans, cfg.checkpoint_format)
     return model

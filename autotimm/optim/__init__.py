@@ -13,6 +13,7 @@ if TYPE_CHECKING:  # the public names, for type checkers and the API docs; at ru
         register_optimizer,
     )
     from autotimm.optim.param_groups import parameter_groups
+    from autotimm.optim.recipe import default_lr
     from autotimm.optim.schedulers import (
         LinearWarmup,
         SchedulerSpec,
@@ -31,6 +32,7 @@ __all__ = [
     "SchedulerSpec",
     "create_optimizer",
     "create_scheduler",
+    "default_lr",
     "get_optimizer",
     "get_scheduler",
     "list_optimizers",

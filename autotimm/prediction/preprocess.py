@@ -17,7 +17,11 @@ from PIL import Image
 
 from autotimm.data.images import convert_image
 
-__all__ = ["TTA_MODES", "Preprocessor", "check_tta"]
+__all__ = ["DRAFT_REDUCING_GAP", "TTA_MODES", "Preprocessor", "check_tta"]
+
+#: How much larger than the resize target a JPEG decoded reduced stays (see `Preprocessor.draft_size`).
+#: Pillow's own default for ``Image.thumbnail(reducing_gap=...)``: "very close to fair resampling".
+DRAFT_REDUCING_GAP = 2.0
 
 #: Test-time augmentation modes: the views each image is predicted on (their logits are averaged).
 TTA_MODES: dict[str, str] = {
@@ -120,6 +124,19 @@ class Preprocessor:
         self.crop_pct = float(data_config.get("crop_pct") or 0.875)
         self.crop_mode = str(data_config.get("crop_mode") or "center")
         self.scale_size = (math.floor(height / self.crop_pct), math.floor(width / self.crop_pct))
+
+    @property
+    def draft_size(self) -> tuple[int, int]:
+        """``(width, height)`` a JPEG may be decoded reduced to (``decode_image(draft_size=...)``) for this model.
+
+        The resize target before cropping times `DRAFT_REDUCING_GAP` (2): the
+        image keeps at least twice the pixels per side that the resize needs,
+        so that the resize after libjpeg's DCT reduction stays close to a
+        resize of the full image (the serving guide gives the measured
+        differences).
+        """
+        scale_h, scale_w = self.scale_size
+        return math.ceil(scale_w * DRAFT_REDUCING_GAP), math.ceil(scale_h * DRAFT_REDUCING_GAP)
 
     # ------------------------------------------------------------------ the steps
     def _keep_ratio_size(self, image: Image.Image, longest: float) -> tuple[int, int]:

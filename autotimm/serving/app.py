@@ -34,6 +34,7 @@ from autotimm.classifier.loading import load_model, model_kind
 from autotimm.prediction.predict import Prediction
 from autotimm.serving.batching import MicroBatcher
 from autotimm.serving.http import (
+    DecodeStats,
     HealthResponse,
     LabelsResponse,
     PredictResponse,
@@ -44,15 +45,54 @@ from autotimm.serving.http import (
     validation_error,
 )
 
-__all__ = ["DEFAULT_MAX_UPLOAD_BYTES", "create_app", "load_model", "run_server", "serve_in_thread"]
+__all__ = [
+    "DEFAULT_MAX_CONCURRENT_DECODES",
+    "DEFAULT_MAX_IMAGE_PIXELS",
+    "DEFAULT_MAX_UPLOAD_BYTES",
+    "create_app",
+    "load_model",
+    "model_name",
+    "run_server",
+    "serve_in_thread",
+]
 
 logger = logging.getLogger(__name__)
 
 #: The default upload limit per image: 5 MiB.
 DEFAULT_MAX_UPLOAD_BYTES = 5 * 1024 * 1024
+#: The default pixel limit per image: 40 megapixels (a 7300x5500 photo), below Pillow's 89 megapixels.
+#: A decode of that size takes up to about 600 MB (WebP; a PNG 160-320 MB, a JPEG a few MB, decoded reduced).
+DEFAULT_MAX_IMAGE_PIXELS = 40_000_000
+#: The default number of uploads decoded at the same time; more wait their turn.
+DEFAULT_MAX_CONCURRENT_DECODES = 2
 #: Room for multipart headers and boundaries on top of the images in a request body.
 _MULTIPART_OVERHEAD = 64 * 1024
 _PAGE = Path(__file__).with_name("web") / "index.html"
+
+
+def model_name(model: Any) -> str:
+    """How the service names a model on its page and in ``/health``: its file or folder name, else its type.
+
+    A checkpoint in a run's ``checkpoints/`` folder is named with its run, since
+    ``last.ckpt`` alone says little.
+
+    Args:
+        model: A path, or a loaded model (an ``OnnxPredictor`` has the ``path`` of its file).
+
+    Returns:
+        The name.
+
+    Example:
+        >>> model_name("runs/pets/checkpoints/last.ckpt"), model_name("exported/pets.onnx")
+        ('pets/last.ckpt', 'pets.onnx')
+    """
+    path = model if isinstance(model, (str, os.PathLike)) else getattr(model, "path", None)
+    if not isinstance(path, (str, os.PathLike)) or not Path(path).name:
+        return type(model).__name__
+    path = Path(path)
+    if path.parent.name == "checkpoints" and path.parent.parent.name:
+        return f"{path.parent.parent.name}/{path.name}"
+    return path.name
 
 
 def _describe(model: Any, name: str) -> dict[str, Any]:
@@ -87,11 +127,17 @@ class _Service:
         self.max_upload_bytes: int = options["max_upload_bytes"]
         self.max_batch_images: int = options["max_batch_images"]
         self.max_image_pixels: int = options["max_image_pixels"]
+        self.max_concurrent_decodes: int = options["max_concurrent_decodes"]
         self.batcher = MicroBatcher(self._predict, options["max_batch_size"], options["batch_window_ms"])
-        self.name = Path(model).name if isinstance(model, (str, os.PathLike)) else type(model).__name__
+        self.name: str = options["name"] or model_name(model)
         self.model: Any = None
+        self.preprocessor: Any = None  # the model's, when it has one: JPEGs are decoded reduced to its size
         self.info: dict[str, Any] = {}
         self.started = time.monotonic()
+        # At most this many uploads are decoded at once: a decode of a large image takes hundreds of MB.
+        # Made in `start`, in the event loop that serves (a semaphore belongs to one loop).
+        self.decode_slots: asyncio.Semaphore | None = None
+        self.decode_stats = DecodeStats()
 
     def _predict(self, images: list[Image.Image], top_k: int) -> list[Prediction]:
         return self.model.predict(images, top_k=top_k, batch_size=max(1, len(images)), progress=False)
@@ -100,6 +146,8 @@ class _Service:
         started = time.perf_counter()
         self.model = await run_in_threadpool(load_model, self.source, self.device)
         self.info = _describe(self.model, self.name)
+        self.preprocessor = getattr(self.model, "preprocessor", None)  # a property that builds it: read once
+        self.decode_slots = asyncio.Semaphore(self.max_concurrent_decodes)
         await self.batcher.start()
         size = self.info["input_size"] or [3, 224, 224]
         await self.batcher.run_now([Image.new("RGB", (size[-1], size[-2]))], 1)  # warm-up: fail now, not later
@@ -135,7 +183,30 @@ class _Service:
             raise HTTPException(
                 413, f"{name!r} is larger than the upload limit of {format_bytes(self.max_upload_bytes)}"
             )
-        return await run_in_threadpool(decode_upload, data, name, self.max_image_pixels)
+        if self.decode_slots is None:
+            raise HTTPException(503, "The model is not loaded (the service is starting or stopping)")
+        async with self.decode_slots:
+            return await run_in_threadpool(self._decode, data, name)
+
+    @property
+    def draft_size(self) -> tuple[int, int] | None:
+        """The size JPEGs are decoded reduced to (the model's preprocessing decides), or ``None``."""
+        return None if self.preprocessor is None else self.preprocessor.draft_size
+
+    def _decode(self, data: bytes, name: str) -> Image.Image:
+        """Decode an upload (in a worker thread) and resize it as the model's preprocessing does first.
+
+        The resize (``Preprocessor.resized``, the first step of every prediction, which leaves
+        an image of its output size unchanged) happens here, inside the decode slot, so that a
+        request waiting for its model call holds a small image, not a large decoded one.
+        """
+        decoded = None
+        self.decode_stats.started()
+        try:
+            decoded = decode_upload(data, name, self.max_image_pixels, self.draft_size)
+        finally:
+            self.decode_stats.finished(decoded)
+        return decoded if self.preprocessor is None else self.preprocessor.resized(decoded)
 
     async def predict(self, uploads: list[UploadFile], top_k: int | None) -> list[dict[str, Any]]:
         k = self.top_k(top_k)
@@ -162,15 +233,21 @@ def create_app(
     max_batch_images: int = 16,
     batch_window_ms: float = 5.0,
     max_batch_size: int = 16,
-    max_image_pixels: int = Image.MAX_IMAGE_PIXELS or 89_478_485,
+    max_image_pixels: int = DEFAULT_MAX_IMAGE_PIXELS,
+    max_concurrent_decodes: int = DEFAULT_MAX_CONCURRENT_DECODES,
     device: str = "cpu",
+    name: str | None = None,
 ) -> FastAPI:
     """Build the FastAPI app that serves a classifier.
 
     The model is loaded once, when the app starts (its lifespan), and warmed up
-    with one prediction. Uploads are decoded in threads; predictions run in a
-    worker thread, and concurrent requests are micro-batched into one model call
-    (see [`MicroBatcher`][autotimm.serving.batching.MicroBatcher]).
+    with one prediction. Uploads are decoded in threads, at most
+    ``max_concurrent_decodes`` at a time; an image's size is read from its header
+    first, so an image over ``max_image_pixels`` is refused before any pixel is
+    decoded, and a JPEG is decoded at a reduced scale near the model's input size
+    ([`Preprocessor.draft_size`][autotimm.prediction.Preprocessor.draft_size]).
+    Predictions run in a worker thread, and concurrent requests are micro-batched
+    into one model call (see [`MicroBatcher`][autotimm.serving.batching.MicroBatcher]).
 
     Args:
         model: What [`load_model`][autotimm.classifier.loading.load_model] loads: a ``.ckpt`` checkpoint,
@@ -182,8 +259,15 @@ def create_app(
         max_batch_images: The most images in one ``/predict/batch`` request (413 above).
         batch_window_ms: How long a request waits for others to share its model call.
         max_batch_size: Images per model call at most (1 turns micro-batching off).
-        max_image_pixels: The most pixels (width x height) an upload may decode to (413 above).
+        max_image_pixels: The most pixels (width x height) an upload may have (413 above), read from
+            its header before decoding: 40 megapixels by default (Pillow itself refuses more than
+            about 179 megapixels, whatever this says).
+        max_concurrent_decodes: Uploads decoded at the same time at most (others wait): with
+            ``max_image_pixels``, this bounds the memory decoding takes (up to about 600 MB each at
+            40 megapixels).
         device: Where a checkpoint's or an ensemble's weights go (``"cpu"``, ``"cuda"``, ``"auto"``).
+        name: How the model is named on the web page and in ``/health`` (default:
+            [`model_name`][autotimm.serving.app.model_name], its file or folder name).
 
     Returns:
         The app; serve it with uvicorn, or [`run_server`][autotimm.serving.app.run_server].
@@ -203,10 +287,14 @@ def create_app(
         "max_batch_images": max_batch_images,
         "max_batch_size": max_batch_size,
         "max_image_pixels": max_image_pixels,
+        "max_concurrent_decodes": max_concurrent_decodes,
     }
-    for name, value in options.items():
-        require_number(name, value, 1, integer=True)
+    for option, value in options.items():
+        require_number(option, value, 1, integer=True)
+    if name is not None and (not isinstance(name, str) or not name.strip()):
+        raise ValueError(f"`name` must be a non-empty string or None, got {name!r}")
     options["batch_window_ms"] = batch_window_ms
+    options["name"] = name
     service = _Service(model, device, top_k, options)  # checks the batching arguments
 
     @asynccontextmanager
@@ -264,11 +352,17 @@ def create_app(
             "top_k": min(service.default_top_k, len(info["class_names"])),
             "max_upload_bytes": service.max_upload_bytes,
             "max_batch_images": service.max_batch_images,
+            "max_image_pixels": service.max_image_pixels,
             "uptime_s": round(time.monotonic() - service.started, 3),
             "batching": {
                 "max_batch_size": batcher.max_batch_size,
                 "batch_window_ms": batcher.batch_window_ms,
                 **batcher.stats.to_dict(),
+            },
+            "decoding": {
+                "max_concurrent_decodes": service.max_concurrent_decodes,
+                "draft_size": None if service.draft_size is None else list(service.draft_size),
+                **service.decode_stats.to_dict(),
             },
         }
 

@@ -8,6 +8,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 from fastapi import HTTPException
@@ -16,9 +18,10 @@ from fastapi.responses import JSONResponse
 from PIL import Image, UnidentifiedImageError
 from pydantic import BaseModel
 
-from autotimm.data.images import ImageTooLargeError, decode_image
+from autotimm.data.images import STORED_SIZE_KEY, ImageTooLargeError, decode_image
 
 __all__ = [
+    "DecodeStats",
     "ErrorResponse",
     "HealthResponse",
     "LabelScore",
@@ -71,8 +74,10 @@ class HealthResponse(BaseModel):
     top_k: int
     max_upload_bytes: int
     max_batch_images: int
+    max_image_pixels: int
     uptime_s: float
     batching: dict[str, int | float]
+    decoding: dict[str, int | list[int] | None]
 
 
 class ErrorResponse(BaseModel):
@@ -94,28 +99,88 @@ def format_bytes(size: int) -> str:
     return f"{size} bytes"
 
 
-def decode_upload(data: bytes, filename: str, max_pixels: int) -> Image.Image:
+def decode_upload(
+    data: bytes, filename: str, max_pixels: int, draft_size: tuple[int, int] | None = None
+) -> Image.Image:
     """Decode uploaded bytes with Pillow, upright by their EXIF orientation, or raise the HTTP error that says why not.
 
-    Decoded by ``autotimm.data.images.decode_image``, as files are for training and prediction.
+    Decoded by [`decode_image`][autotimm.data.decode_image], as files are for training and
+    prediction: the bytes decide what the image is (its name and declared content type are
+    not looked at), and its size is read from the header before any pixel is decoded.
+
+    Args:
+        data: The uploaded bytes.
+        filename: The upload's name, for the messages.
+        max_pixels: Refuse images of more pixels (width times height), with a 413.
+        draft_size: Decode a JPEG reduced, down to no less than this ``(width, height)``
+            (see [`Preprocessor.draft_size`][autotimm.prediction.Preprocessor.draft_size]);
+            ``None``: at full size.
+
+    Returns:
+        The decoded image.
 
     Raises:
         HTTPException: 400 (empty, corrupt or truncated), 413 (too many pixels), 415 (not an image).
+
+    Example:
+        >>> decode_upload(b"not an image", "notes.txt", 40_000_000)
+        Traceback (most recent call last):
+        ...
+        fastapi.exceptions.HTTPException: 415: 'notes.txt' is not an image (send a PNG, JPEG, ...)
     """
     if not data:
         raise HTTPException(400, f"The upload {filename!r} is empty")
     try:
-        return decode_image(data, max_pixels=max_pixels)
+        return decode_image(data, max_pixels=max_pixels, draft_size=draft_size)
     except UnidentifiedImageError:
         raise HTTPException(
             415, f"{filename!r} is not an image (send a PNG, JPEG, WebP, BMP, GIF or TIFF file)"
         ) from None
-    except Image.DecompressionBombError:
-        raise HTTPException(413, f"{filename!r} has too many pixels to decode safely") from None
+    except Image.DecompressionBombError as err:  # Pillow's own limit, far above ours: refused when opened
+        raise HTTPException(
+            413, f"{filename!r} has more pixels than the limit of {max_pixels:,} pixels ({err})"
+        ) from None
     except ImageTooLargeError as err:
         raise HTTPException(413, f"{filename!r} is {err}") from None
     except Exception as err:  # Pillow raises many kinds for broken headers and truncated or corrupt data
         raise HTTPException(400, _corrupt(data, filename, err)) from None
+
+
+@dataclass
+class DecodeStats:
+    """Counters of the uploads decoded so far, safe to update from the decoding threads.
+
+    Args:
+        decodes: Uploads decoded (or refused after their header was read).
+        reduced: JPEGs decoded at a reduced scale (``draft_size``).
+        active: Decodes running now.
+        peak: The most decodes that ran at the same time.
+    """
+
+    decodes: int = 0
+    reduced: int = 0
+    active: int = 0
+    peak: int = 0
+    _lock: threading.Lock = field(default_factory=threading.Lock, init=False, repr=False, compare=False)
+
+    def started(self) -> None:
+        """Count a decode that starts (in the thread that decodes)."""
+        with self._lock:
+            self.decodes += 1
+            self.active += 1
+            self.peak = max(self.peak, self.active)
+
+    def finished(self, image: Image.Image | None) -> None:
+        """Count a decode that ends, with its image (``None`` when it failed)."""
+        with self._lock:
+            self.active -= 1
+            if image is not None and STORED_SIZE_KEY in image.info:
+                self.reduced += 1
+
+    def to_dict(self) -> dict[str, int]:
+        """The counters as plain data (for JSON)."""
+        with self._lock:
+            return {"decodes": self.decodes, "reduced": self.reduced, "active": self.active, "peak": self.peak}
 
 
 def _corrupt(data: bytes, filename: str, err: Exception) -> str:

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import torch
-from pytorch_lightning.loggers import Logger, TensorBoardLogger
+from pytorch_lightning.loggers import Logger
 
 if TYPE_CHECKING:
     from matplotlib.figure import Figure
@@ -99,7 +99,8 @@ def confusion_matrix_figure(
 
 
 def log_figure(loggers: Sequence[Logger], tag: str, figure: Figure, step: int) -> None:
-    """Write ``figure`` to every TensorBoard logger; other loggers are skipped."""
+    """Write ``figure`` to every logger that takes figures (TensorBoard, MLflow, W&B, CSV; see `log_figure_to`)."""
+    from autotimm.training.loggers import log_figure_to
+
     for logger in loggers:
-        if isinstance(logger, TensorBoardLogger):
-            logger.experiment.add_figure(tag, figure, global_step=step, close=False)
+        log_figure_to(logger, tag, figure, step)

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 import random
 from collections.abc import Iterable
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -16,17 +18,26 @@ from pytorch_lightning.callbacks import (
     ModelCheckpoint,
     ModelSummary,
     ProgressBar,
-    RichModelSummary,
-    RichProgressBar,
 )
-from pytorch_lightning.loggers import TensorBoardLogger
+from pytorch_lightning.plugins.io import CheckpointIO
+from pytorch_lightning.utilities import rank_zero_info
 from pytorch_lightning.utilities.model_helpers import is_overridden
 
 from autotimm.checks import require_number
 from autotimm.optim.schedulers import metric_mode
+from autotimm.training.checkpointing import (
+    ResumeState,
+    SafeCheckpointIO,
+    parse_duration,
+    prepare_run_folder,
+    resume_checkpoint,
+)
+from autotimm.training.console import LOG_INTERVAL_WARNING, CompactModelSummary, QuietProgressBar, quiet_lightning
+from autotimm.training.curves import TrainingHistory
 from autotimm.training.feature_cache import FeatureDataModule
+from autotimm.training.loggers import TrackedRun, TrackerConfig, create_loggers
 from autotimm.training.metrics import MetricManager
-from autotimm.training.tuner import TunerConfig, run_tuners
+from autotimm.training.tuner import TunerConfig, as_tuner_config, run_tuners
 
 __all__ = ["AutoTrainer", "TunerConfig"]
 
@@ -65,10 +76,24 @@ class AutoTrainer(pl.Trainer):
 
     On top of Lightning's ``Trainer`` it adds, unless turned off:
 
-    - a ``TensorBoardLogger`` writing to ``{output_dir}/logs``,
-    - ``RichProgressBar`` and ``RichModelSummary``,
+    - a ``TensorBoardLogger`` writing to ``{output_dir}/logs``, or the trackers
+      named by ``logger=`` (``"csv"``, ``"mlflow"``, ``"wandb"``, ...),
+    - Lightning's rich progress bar and model summary, without ``v_num``
+      and without a FLOPs column of zeros (see `autotimm.training.console`),
+    - a ``log_every_n_steps`` that fits the epoch (every step for up to 10
+      steps an epoch, about 10 points an epoch up to Lightning's 50) unless
+      given,
     - a ``ModelCheckpoint`` in ``{output_dir}/checkpoints`` keeping the best
       checkpoint by ``monitor`` and the last one (``last.ckpt``),
+    - with ``checkpoint_every_n_steps`` / ``checkpoint_every``, recovery
+      checkpoints inside the epoch, written to the same ``last.ckpt``,
+    - atomic checkpoint writes and ``weights_only=True`` loads
+      ([`SafeCheckpointIO`][autotimm.training.checkpointing.SafeCheckpointIO]),
+    - a refusal to train into a folder that already holds a run, unless
+      ``fit(resume=...)`` or ``overwrite=True``,
+    - a [`TrainingHistory`][autotimm.training.curves.TrainingHistory] writing
+      ``history.json`` / ``history.csv`` each epoch and ``curves.png`` at the
+      end of ``fit`` into ``output_dir`` (unless ``callbacks`` has one),
     - ``EarlyStopping`` on ``monitor`` when ``early_stopping_patience`` is set,
     - seeding and deterministic algorithms when ``seed`` is set,
     - the learning-rate and batch-size finders, when ``tuner_config`` asks.
@@ -87,11 +112,29 @@ class AutoTrainer(pl.Trainer):
         seed: Seed Python, NumPy, torch and the data-loader workers (when the
             trainer is created and again just before training) and turn on
             ``deterministic="warn"`` unless ``deterministic`` is given.
-        tuner_config: The tuners to run before training; see
-            [`TunerConfig`][autotimm.training.tuner.TunerConfig].
+        tuner_config: The tuners to run before training: a
+            [`TunerConfig`][autotimm.training.tuner.TunerConfig]; ``None`` or
+            ``False`` for none; ``True`` for the learning-rate finder with its
+            default arguments (``TunerConfig(auto_lr=True)``; the batch-size
+            finder needs a data module and is only run when asked for).
+        overwrite: When ``output_dir`` already holds a run (a ``.ckpt`` file
+            in ``{output_dir}/checkpoints``) and ``fit`` is not resuming it,
+            move the whole old folder aside to ``{output_dir}.old-YYYYmmdd-HHMMSS``
+            (nothing is deleted) instead of refusing with a `RunExistsError`
+            (see [`prepare_run_folder`][autotimm.training.checkpointing.prepare_run_folder]).
+        checkpoint_every_n_steps: Also write ``last.ckpt`` every this many
+            optimizer steps (>= 1), inside the epoch: a killed run resumes
+            from there, at the next batch. ``None``: at epoch ends only.
+        checkpoint_every: Also write ``last.ckpt`` after this much training
+            time: ``"10m"``, ``"90s"``, ``"1h"``, seconds, or a ``timedelta``.
+        tracking: The options of trackers named in ``logger`` (experiment, run name, tags,
+            MLflow URI, W&B project and mode): a
+            [`TrackerConfig`][autotimm.training.loggers.TrackerConfig].
         **trainer_kwargs: Any ``pytorch_lightning.Trainer`` argument.
-            ``callbacks`` are added to autotimm's; ``logger=False`` turns
-            logging off and a logger object replaces the TensorBoard one;
+            ``callbacks`` are added to autotimm's; ``logger`` is a tracker's
+            name (``"tensorboard"``, ``"csv"``, ``"mlflow"``, ``"wandb"``), a
+            Lightning logger, a list of those, or ``False`` for none (see
+            [`create_loggers`][autotimm.training.loggers.create_loggers]);
             ``enable_checkpointing``, ``enable_progress_bar`` and
             ``enable_model_summary`` set to ``False`` leave out the matching
             callback.
@@ -114,38 +157,57 @@ class AutoTrainer(pl.Trainer):
         mode: str | None = None,
         early_stopping_patience: int | None = None,
         seed: int | None = None,
-        tuner_config: TunerConfig | None = None,
+        tuner_config: TunerConfig | bool | None = None,
+        overwrite: bool = False,
+        checkpoint_every_n_steps: int | None = None,
+        checkpoint_every: str | timedelta | float | None = None,
+        tracking: TrackerConfig | None = None,
         **trainer_kwargs: Any,
     ) -> None:
-        _check_arguments(output_dir, monitor, mode, early_stopping_patience, seed, tuner_config)
+        _check_arguments(output_dir, monitor, mode, early_stopping_patience, seed)
+        _check_checkpointing(overwrite, checkpoint_every_n_steps)
+        self.overwrite = overwrite
+        self._every_steps = checkpoint_every_n_steps
+        self._every_time = None if checkpoint_every is None else parse_duration(checkpoint_every)
         self.output_dir = Path(output_dir)
         self.seed = seed
-        self.tuner_config = tuner_config or TunerConfig()
+        self.tuner_config = as_tuner_config(tuner_config)
         self.tuning_results: dict[str, Any] = {}
         self._auto_monitor = monitor is None
         self._patience = early_stopping_patience
         self._tuning = False
+        self._fits_log_interval = "log_every_n_steps" not in trainer_kwargs
         if seed is not None:
             pl.seed_everything(seed, workers=True)
             trainer_kwargs.setdefault("deterministic", "warn")
         trainer_kwargs.setdefault("default_root_dir", str(self.output_dir))
-        if trainer_kwargs.get("logger", True) in (True, None):
-            trainer_kwargs["logger"] = TensorBoardLogger(save_dir=str(self.output_dir), name="logs")
+        # Trackers by name ("tensorboard", "csv", "mlflow", "wandb"), Lightning loggers, or False: see loggers.py.
+        trainer_kwargs["logger"] = create_loggers(trainer_kwargs.get("logger", True), self.output_dir, tracking)
         user_callbacks = trainer_kwargs.pop("callbacks", None) or []
         user_callbacks = [user_callbacks] if isinstance(user_callbacks, Callback) else list(user_callbacks)
         self._checkpointing = trainer_kwargs.get("enable_checkpointing", True) is not False
         ours: list[Callback] = []
         if trainer_kwargs.get("enable_progress_bar", True) is not False and not _has(user_callbacks, ProgressBar):
-            ours.append(RichProgressBar())
+            ours.append(QuietProgressBar())
         if trainer_kwargs.get("enable_model_summary", True) is not False and not _has(user_callbacks, ModelSummary):
-            ours.append(RichModelSummary())
+            ours.append(CompactModelSummary())
         monitor = monitor or "val/loss"
         ours += self._monitored_callbacks(monitor, mode or metric_mode(monitor))
         if self._checkpointing:
-            ours.append(self._last_checkpoint())
+            ours += [self._last_checkpoint(), *self._recovery_checkpoints(), ResumeState()]
+            # (not when a strategy object brings a checkpoint IO of its own: Lightning refuses two)
+            if getattr(trainer_kwargs.get("strategy"), "_checkpoint_io", None) is None:
+                trainer_kwargs["plugins"] = _with_safe_checkpoint_io(trainer_kwargs.get("plugins"))
         if seed is not None:
             ours.append(_RankSeed(seed))
-        super().__init__(callbacks=ours + user_callbacks, **trainer_kwargs)
+        if self._fits_log_interval:
+            ours.append(_LogInterval())
+        if trainer_kwargs["logger"]:
+            ours.append(TrackedRun())
+        if not _has(user_callbacks, TrainingHistory):  # history.json/.csv each epoch, curves.png at the end
+            ours.append(TrainingHistory(self.output_dir))
+        with quiet_lightning():
+            super().__init__(callbacks=ours + user_callbacks, **trainer_kwargs)
 
     # ------------------------------------------------------------ callbacks
     def _monitored_callbacks(self, monitor: str, mode: str) -> list[Callback]:
@@ -167,6 +229,25 @@ class AutoTrainer(pl.Trainer):
         return _AutotimmCheckpoint(
             dirpath=self.checkpoint_dir, filename="last", monitor=None, save_top_k=1, enable_version_counter=False
         )
+
+    def _recovery_checkpoints(self) -> list[ModelCheckpoint]:
+        """ModelCheckpoints writing ``last.ckpt`` inside the epoch, by steps and by training time, as asked."""
+        triggers = []
+        if self._every_steps is not None:
+            triggers.append({"every_n_train_steps": self._every_steps})
+        if self._every_time is not None:
+            triggers.append({"train_time_interval": self._every_time})
+        return [
+            _AutotimmCheckpoint(
+                dirpath=self.checkpoint_dir,
+                filename="last",
+                monitor=None,
+                save_top_k=1,
+                enable_version_counter=False,
+                **trigger,
+            )
+            for trigger in triggers
+        ]
 
     @property
     def checkpoint_dir(self) -> Path:
@@ -191,6 +272,7 @@ class AutoTrainer(pl.Trainer):
         datamodule: pl.LightningDataModule | None = None,
         ckpt_path: str | Path | None = None,
         weights_only: bool | None = None,
+        resume: bool | str | Path | None = None,
     ) -> None:
         """Prepare the data and the model, run the tuners asked for, then train.
 
@@ -198,6 +280,9 @@ class AutoTrainer(pl.Trainer):
         may also be passed second, ``fit(model, datamodule)``. With a data
         module, before training:
 
+        0. ``datamodule.use_run_dir(output_dir)``, if it has that method: an
+           ``ImageDataModule`` given no ``output_dir`` writes its split file
+           into this run's folder,
         1. ``datamodule.configure_for(model.backbone)``, if it has that method
            (it adopts the backbone's preprocessing),
         2. ``datamodule.setup("fit")``,
@@ -213,11 +298,27 @@ class AutoTrainer(pl.Trainer):
             datamodule: A ``LightningDataModule``.
             ckpt_path: A checkpoint to resume from (epoch, step, optimizer and
                 scheduler state), e.g. ``{output_dir}/checkpoints/last.ckpt``.
-            weights_only: Passed to Lightning's checkpoint loading.
+            weights_only: ``None`` or ``True``: load the checkpoint with
+                ``torch.load(weights_only=True)``, which refuses anything but
+                tensors and plain data (local files and URLs alike);
+                ``False`` only for a trusted file that needs more.
+            resume: Continue a run: ``True`` or ``"last"`` for this trainer's
+                ``{output_dir}/checkpoints/last.ckpt``, a run folder, or a
+                ``.ckpt`` file (see
+                [`resume_checkpoint`][autotimm.training.checkpointing.resume_checkpoint]).
+                Everything is restored: epoch and step (inside the epoch for a
+                recovery checkpoint, at the next batch), optimizer, schedulers
+                (warm-up included), EMA weights and count, the unfreezing
+                position, the grad scaler and the data order. Without
+                ``resume`` or ``ckpt_path``, a ``output_dir`` that already
+                holds a run is refused unless ``overwrite=True``.
 
         Raises:
+            RunExistsError: ``output_dir`` holds a run, and neither ``resume``
+                nor ``overwrite=True`` was given.
+            FileNotFoundError: ``resume`` names no checkpoint.
             ValueError: If the data's classes do not match the model's
-                ``num_classes``, the best checkpoint or early stopping
+                ``num_classes``, both ``resume`` and ``ckpt_path`` are given, the best checkpoint or early stopping
                 follows a ``val`` metric but there is no validation data, or
                 ``auto_batch_size`` is asked without a data module.
             RuntimeError: If a tuner fails or gives no result.
@@ -229,7 +330,8 @@ class AutoTrainer(pl.Trainer):
         module is wrapped in one with its defaults.
         """
         if self._tuning:  # the Tuner's own trial runs
-            super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+            with quiet_lightning(LOG_INTERVAL_WARNING):
+                super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
             return
         if isinstance(train_dataloaders, pl.LightningDataModule):
             if datamodule is not None:
@@ -238,7 +340,12 @@ class AutoTrainer(pl.Trainer):
         features = None
         if isinstance(datamodule, FeatureDataModule):  # set up and checked through the images it wraps
             features, datamodule = datamodule, _feature_source(model, datamodule)
+        # Before anything is written into output_dir (the data module's split file, then checkpoints).
+        ckpt_path = self._resume_from(resume, ckpt_path)
+        weights_only = True if weights_only is None else weights_only
         if datamodule is not None:
+            if hasattr(datamodule, "use_run_dir"):
+                datamodule.use_run_dir(self.output_dir)
             _prepare_data(model, datamodule)
         if self._auto_monitor:
             self._set_monitor(*default_monitor(model))
@@ -262,7 +369,22 @@ class AutoTrainer(pl.Trainer):
                 self._tuning, self.loggers = False, loggers
         if self.seed is not None:
             pl.seed_everything(self.seed, workers=True)
-        super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+        with quiet_lightning(*([LOG_INTERVAL_WARNING] if self._fits_log_interval else [])):
+            super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+
+    def _resume_from(self, resume: bool | str | Path | None, ckpt_path: str | Path | None) -> str | Path | None:
+        """The checkpoint to resume from; without one, make sure no earlier run in ``output_dir`` is lost."""
+        if resume is not None and resume is not False:
+            if ckpt_path is not None:
+                raise ValueError(
+                    f"pass `resume` or `ckpt_path`, not both; got resume={resume!r}, ckpt_path={ckpt_path!r}"
+                )
+            return resume_checkpoint(resume, self.output_dir)
+        if ckpt_path is None and self._checkpointing:
+            moved = prepare_run_folder(self.output_dir, self.overwrite)
+            if moved is not None:
+                rank_zero_info(f"overwrite=True: the earlier run in {self.output_dir} was moved to {moved}")
+        return ckpt_path
 
     def _check_validation_data(
         self, model: pl.LightningModule, val_dataloaders: Any, datamodule: pl.LightningDataModule | None
@@ -290,7 +412,8 @@ class AutoTrainer(pl.Trainer):
     ) -> Any:
         """``pytorch_lightning.Trainer.validate``, with the data module configured for the model's backbone first."""
         _configure_for(model or self.lightning_module, dataloaders, datamodule)
-        return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+        with quiet_lightning():
+            return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def test(  # type: ignore[override]
         self,
@@ -303,7 +426,8 @@ class AutoTrainer(pl.Trainer):
     ) -> Any:
         """``pytorch_lightning.Trainer.test``, with the data module configured for the model's backbone first."""
         _configure_for(model or self.lightning_module, dataloaders, datamodule)
-        return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+        with quiet_lightning():
+            return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
 
     def predict(  # type: ignore[override]
         self,
@@ -320,7 +444,8 @@ class AutoTrainer(pl.Trainer):
         preprocessing (input channels, size, mean, std) it was trained with.
         """
         _configure_for(model or self.lightning_module, dataloaders, datamodule)
-        return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
+        with quiet_lightning():
+            return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
 
 
 def _configure_for(model: pl.LightningModule | None, dataloaders: Any, datamodule: Any) -> None:
@@ -364,6 +489,21 @@ class _RankSeed(Callback):
             torch.manual_seed(seed)
 
 
+class _LogInterval(Callback):
+    """Choose ``log_every_n_steps`` from the epoch's length, once Lightning knows it.
+
+    Lightning's default of 50 steps never logs a training step in an epoch of
+    fewer batches, so short runs draw no training curve: log every step up to
+    10 steps an epoch, then about 10 times an epoch, at most every 50 steps.
+    """
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        batches = trainer.num_training_batches
+        if math.isfinite(batches) and batches > 0:
+            steps = math.ceil(batches / trainer.accumulate_grad_batches)
+            trainer.log_every_n_steps = max(1, min(50, steps // 10))
+
+
 def _has(callbacks: Iterable[Callback], kind: type) -> bool:
     return any(isinstance(c, kind) for c in callbacks)
 
@@ -404,7 +544,21 @@ def _prepare_data(model: pl.LightningModule, datamodule: pl.LightningDataModule)
         )
 
 
-def _check_arguments(output_dir: Any, monitor: Any, mode: Any, patience: Any, seed: Any, tuner_config: Any) -> None:
+def _check_checkpointing(overwrite: Any, every_n_steps: Any) -> None:
+    if not isinstance(overwrite, bool):
+        raise ValueError(f"`overwrite` must be True or False, got {overwrite!r}")
+    require_number("checkpoint_every_n_steps", every_n_steps, 1, integer=True, allow_none=True)
+
+
+def _with_safe_checkpoint_io(plugins: Any) -> list[Any]:
+    """``plugins`` plus a `SafeCheckpointIO`, unless they bring a checkpoint IO of their own."""
+    plugins = [] if plugins is None else list(plugins) if isinstance(plugins, (list, tuple)) else [plugins]
+    if not any(isinstance(plugin, CheckpointIO) for plugin in plugins):
+        plugins.append(SafeCheckpointIO())
+    return plugins
+
+
+def _check_arguments(output_dir: Any, monitor: Any, mode: Any, patience: Any, seed: Any) -> None:
     if not isinstance(output_dir, (str, Path)) or not str(output_dir):
         raise ValueError(f"`output_dir` must be a folder path (str or Path), got {output_dir!r}")
     if monitor is not None and (not isinstance(monitor, str) or not monitor):
@@ -413,5 +567,3 @@ def _check_arguments(output_dir: Any, monitor: Any, mode: Any, patience: Any, se
         raise ValueError(f"`mode` must be 'min', 'max' or None, got {mode!r}")
     require_number("early_stopping_patience", patience, 0, integer=True, allow_none=True)
     require_number("seed", seed, None, integer=True, allow_none=True)
-    if tuner_config is not None and not isinstance(tuner_config, TunerConfig):
-        raise ValueError(f"`tuner_config` must be a TunerConfig or None, got {tuner_config!r}")

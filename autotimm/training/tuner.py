@@ -19,7 +19,7 @@ import pytorch_lightning as pl
 from pytorch_lightning.tuner import Tuner
 from pytorch_lightning.utilities.parsing import lightning_getattr, lightning_hasattr
 
-__all__ = ["LR_FINDER_PLOT_FILE", "TUNING_RESULTS_FILE", "TunerConfig", "run_tuners"]
+__all__ = ["LR_FINDER_PLOT_FILE", "TUNING_RESULTS_FILE", "TunerConfig", "as_tuner_config", "run_tuners"]
 
 #: File name of the tuning results, in the trainer's output folder.
 TUNING_RESULTS_FILE = "tuning.json"
@@ -87,6 +87,33 @@ class TunerConfig:
     def enabled(self) -> bool:
         """Whether any tuner runs."""
         return self.auto_lr or self.auto_batch_size
+
+
+def as_tuner_config(tuner_config: TunerConfig | bool | None) -> TunerConfig:
+    """The `TunerConfig` an ``AutoTrainer(tuner_config=...)`` argument stands for.
+
+    ``None`` and ``False`` run no tuners; ``True`` runs the learning-rate
+    finder with its default arguments (``TunerConfig(auto_lr=True)``). The
+    batch-size finder is never implied: it needs a data module with a
+    ``batch_size``, and on a CPU it only tells how large a batch fits in memory.
+
+    Raises:
+        ValueError: For anything but a `TunerConfig`, a bool or ``None``.
+
+    Example:
+        >>> as_tuner_config(False).enabled, as_tuner_config(True).auto_lr
+        (False, True)
+    """
+    if isinstance(tuner_config, TunerConfig):
+        return tuner_config
+    if tuner_config is None or tuner_config is False:
+        return TunerConfig()
+    if tuner_config is True:
+        return TunerConfig(auto_lr=True)
+    raise ValueError(
+        "`tuner_config` must be a TunerConfig, True (the learning-rate finder), False or None (no tuners), "
+        f"got {tuner_config!r}"
+    )
 
 
 def run_tuners(
