@@ -21,6 +21,7 @@ from pathlib import Path
 import torch
 
 from autotimm.auto import auto_fit
+from autotimm.auto.presets import parse_time_limit
 
 
 def run(dataset: str, limit: float, workers: int, out: Path, backbones: list[str] | None, image_size: int | None):
@@ -62,7 +63,9 @@ def run(dataset: str, limit: float, workers: int, out: Path, backbones: list[str
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", default="digits", help="digits (default), fashion-mnist or any auto_fit data")
-    parser.add_argument("--time-limit", type=float, default=60.0, help="seconds per search (default 60)")
+    parser.add_argument(
+        "--time-limit", type=parse_time_limit, default=60.0, help="per search: seconds or e.g. '10m' (default 60)"
+    )
     parser.add_argument("--workers", default="1,2", help="comma-separated worker counts (default 1,2)")
     parser.add_argument("--backbones", default=None, help="comma-separated timm names (default: the preset's)")
     parser.add_argument("--image-size", type=int, default=None)

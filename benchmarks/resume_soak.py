@@ -7,7 +7,7 @@ Usage::
 
 The run is small (the built-in ``digits`` at 16 px, timm's ``test_resnet``,
 CPU, no loader workers), so the soak takes minutes. Each training process
-writes its current optimizer step to a heartbeat file; the soak waits until
+writes its optimizer step to a heartbeat file at each batch's start and end; the soak waits until
 the run reaches a random step past its last checkpoint, waits a random
 fraction of a second more (so some kills land inside a checkpoint write),
 and sends SIGKILL. Then it resumes with ``autotimm train --resume RUN_DIR``.
@@ -38,9 +38,17 @@ def _child(args: list[str]) -> int:
     from autotimm.training import trainer as trainer_module
 
     heartbeat = Path(os.environ["SOAK_HEARTBEAT"])
+    first = _first_file(heartbeat)
 
     class Heartbeat(pl.Callback):
+        # At a batch's start (the step it resumed at, for the first) and end (after the step and any checkpoint):
+        # after a kill the file holds the optimizer steps done, whether the kill came inside a batch or between.
         def on_train_batch_start(self, trainer: pl.Trainer, *rest: object) -> None:
+            if not first.exists():
+                first.write_text(str(trainer.global_step))
+            heartbeat.write_text(str(trainer.global_step))
+
+        def on_train_batch_end(self, trainer: pl.Trainer, *rest: object) -> None:
             heartbeat.write_text(str(trainer.global_step))
 
     init = trainer_module.AutoTrainer.__init__
@@ -67,8 +75,14 @@ def _last_step(folder: Path) -> int:
     return int(torch.load(last, map_location="cpu", weights_only=True)["global_step"]) if last.is_file() else 0
 
 
+def _first_file(heartbeat: Path) -> Path:
+    """Where a training process writes the step of its first batch (the step it resumed at)."""
+    return heartbeat.with_name(heartbeat.name + ".first")
+
+
 def _start(command: list[str], heartbeat: Path) -> subprocess.Popen:
     heartbeat.unlink(missing_ok=True)
+    _first_file(heartbeat).unlink(missing_ok=True)
     env = {**os.environ, "SOAK_HEARTBEAT": str(heartbeat), "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
     return subprocess.Popen([sys.executable, __file__, "--child", *command], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)  # fmt: skip
@@ -83,9 +97,9 @@ def _reached(heartbeat: Path) -> int:
 
 def _first_step(process: subprocess.Popen, heartbeat: Path) -> int:
     """The step at the first batch of a new process (-1 if it ends without training)."""
-    while _reached(heartbeat) < 0 and process.poll() is None:
+    while _reached(_first_file(heartbeat)) < 0 and process.poll() is None:
         time.sleep(0.02)
-    return _reached(heartbeat)
+    return _reached(_first_file(heartbeat))
 
 
 def main() -> int:
@@ -130,9 +144,11 @@ def main() -> int:
         if process.poll() is not None:
             raise SystemExit(f"the run ended before its kill: {process.stderr.read().decode()[-2000:]}")
         time.sleep(rng.uniform(0, 0.3))
-        reached = max(_reached(heartbeat), target)
+        seen = _reached(heartbeat)
         os.kill(process.pid, signal.SIGKILL)
         process.wait()
+        # Read after the kill: the steps done when it came (the value seen before, if it died mid-write).
+        reached = max(_reached(heartbeat), seen)
         pending = _last_step(run)
         lost.append(reached - pending)
         print(f"kill {kill + 1}: killed at step {reached}, last checkpoint at step {pending}: {reached - pending} lost")

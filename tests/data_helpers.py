@@ -1,8 +1,11 @@
-"""Generated image folders and CSV files for the data tests."""
+"""Generated image folders, CSV files and image bytes for the data and service tests."""
 
 from __future__ import annotations
 
 import csv
+import io
+import struct
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -75,3 +78,27 @@ def _photos() -> list[tuple[str, np.ndarray]]:
     from skimage import data
 
     return [("cat", data.chelsea()), ("coffee", data.coffee()), ("rocket", data.rocket())]
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares ``width`` x ``height`` pixels but holds almost none: decoding it fails as truncated."""
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(100)))
+
+
+def jpeg(image: Image.Image, quality: int = 90) -> bytes:
+    """``image`` encoded as a JPEG file."""
+    buffer = io.BytesIO()
+    image.save(buffer, format="JPEG", quality=quality)
+    return buffer.getvalue()
+
+
+def photo(long_side: int) -> Image.Image:
+    """A real photo (scikit-image's astronaut, 512x512), scaled to ``long_side`` pixels a side."""
+    from skimage import data
+
+    return Image.fromarray(data.astronaut()).resize((long_side, long_side), Image.Resampling.LANCZOS)

@@ -330,7 +330,7 @@ def _error(args: list[str]) -> tuple[int, str]:
         (["train", "--augmentation", "heavy"], 1, "randaugment"),
         (["train", "--precision", "8"], 2, "--precision must be one of"),
         (["train", "--epochs", "-1"], 2, "--epochs must be an integer >= 1, got -1"),
-        (["train", "--lr", "abc"], 2, "--lr: expected a number, got 'abc'"),
+        (["train", "--lr", "abc"], 2, "--lr: expected a number or null, got 'abc'"),
         (["train", "--lr", "0"], 2, "--lr must be a number > 0, got 0.0"),
         (["train", "--val-split", "1.5"], 2, "--val-split must be a number in [0, 1), got 1.5"),
         (["train", "--image-size", "big"], 2, "--image-size: expected an integer or null, got 'big'"),

@@ -57,7 +57,7 @@ def examples(page: str) -> list[Example]:
     """The page's Python blocks, in order, with the mark of those that are not run."""
     text = (ROOT / page).read_text(encoding="utf-8")
     found = []
-    for match in re.finditer(r"^```python\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
+    for match in re.finditer(r"^```(?:python|py)\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE):
         before = [line for line in text[: match.start()].splitlines() if line.strip()]
         mark = before[-1] if before and SKIP_MARK in before[-1] else None
         line = text.count("\n", 0, match.start(1)) + 1
@@ -117,3 +117,39 @@ def test_layout_page_lists_the_old_paths():
 
     rows = dict(re.findall(r"^\| `(autotimm\.[\w.]+)` \| `([\w.]+)`", (DOCS / "guide" / "layout.md").read_text(), re.M))
     assert rows == {old: homes[0] for old, homes in MOVED.items()}
+
+
+def command_lines(page: str, after: str | None = None) -> list[str]:
+    """The ``autotimm`` commands of a page's bash blocks (of the first block after the heading ``after``)."""
+    text = (ROOT / page).read_text(encoding="utf-8")
+    if after is not None:
+        text = text[text.index(after) :]
+    blocks = re.findall(r"^```bash\n(.*?)^```", text, flags=re.DOTALL | re.MULTILINE)
+    blocks = blocks[:1] if after is not None else blocks
+    lines = [line.split("  #")[0].strip() for block in blocks for line in block.splitlines()]
+    return [line for line in lines if line.startswith("autotimm ")]
+
+
+@pytest.mark.parametrize(("page", "after"), [("README.md", "## Command line"), ("docs/quickstart.md", None)])
+def test_command_line_examples_run(page, after, tmp_path, monkeypatch, tiny_backbones, single_thread, capsys):
+    """The README's and the quickstart's commands run as written (one epoch; ``serve`` would block)."""
+    import shlex
+
+    from autotimm.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    write_photo_folder(tmp_path / "path" / "to" / "images")
+    write_photos(tmp_path / "photos")
+    commands = command_lines(page, after)
+    assert commands, f"{page} has no autotimm command"
+    for command in commands:
+        words = shlex.split(command)[1:]
+        if words[0] == "serve":
+            continue
+        if "--epochs" in words:
+            words[words.index("--epochs") + 1] = "1"
+        assert main(words) == 0, f"{page}: {command!r} failed:\n{capsys.readouterr().err[-2000:]}"
+    written = {"README.md": ["runs/pets/eval-test/metrics.json", "cams", "pets.onnx"], "docs/quickstart.md": []}
+    assert (tmp_path / "runs" / "pets" / "checkpoints" / "last.ckpt").is_file()
+    for path in written[page]:
+        assert (tmp_path / path).exists(), f"{page}'s commands should write {path}"

@@ -296,7 +296,7 @@ def test_multi_label_classifier_gets_a_multi_label_report(tmp_path):
     assert [row["support"] for row in report.per_class] == targets.sum(axis=0).tolist()
     assert 0 <= report.mean_average_precision <= 1
     assert {path.name for path in report.files.values()} == {
-        "metrics.json", "per_class.csv", "per_class.json", "predictions.csv",
+        "metrics.json", "per_class.csv", "per_class.json", "predictions.csv", "per_class_f1.png",
     }  # fmt: skip
     assert all(path.is_file() for path in report.files.values())
     with pytest.raises(ValueError, match="multi-hot"):  # single-label targets for a multi-label model

@@ -33,6 +33,23 @@ def test_evaluate_writes_samples_and_per_class_bars(tmp_path):
             assert image.size[0] > 300 and image.size[1] > 150
 
 
+def test_multi_label_evaluate_writes_per_class_f1_bars(tmp_path):
+    from autotimm import BackboneConfig, ImageClassifier
+
+    names = ["a label with a rather long name", "cat", "dog"]
+    model = ImageClassifier(
+        BackboneConfig("test_resnet", pretrained=False), num_classes=3, class_names=names, multi_label=True
+    )
+    targets = np.array([[1, 0, 1], [0, 1, 0], [1, 1, 0], [0, 0, 1], [1, 0, 0], [0, 1, 1]])
+    report = evaluate(model, (IMAGES, targets), tmp_path, verbose=False, threshold=0.5)
+    path = report.files["per_class_f1"]
+    assert path == tmp_path / "per_class_f1.png"
+    with Image.open(path) as image:
+        assert image.format == "PNG"
+        image.load()  # decodes: a readable PNG
+        assert image.size[0] > 300 and image.size[1] > 100
+
+
 def test_sample_grid_titles_are_green_when_right_and_red_when_wrong():
     images = [np.zeros((8, 8, 3), np.uint8)] * 2
     fig = image_grid_figure(images, ["right", "wrong"], colors=["#1a7f37", "#cf222e"])

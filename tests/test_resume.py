@@ -12,8 +12,10 @@ from __future__ import annotations
 import contextlib
 import functools
 import http.server
+import importlib.util
 import io
 import os
+import socket
 import subprocess
 import sys
 import threading
@@ -26,15 +28,19 @@ from resume_script import Trace
 from torch.utils.data import DataLoader
 
 import autotimm
-from autotimm import AutoTrainer, BackboneConfig, ImageClassifier, make_synthetic_dataset
+from autotimm import AutoTrainer, BackboneConfig, ImageClassifier, ImageDataModule, make_synthetic_dataset
 from autotimm.cli import main
+from autotimm.cli.common import write_config
 from autotimm.cli.train import TrainConfig, resolve_config
+from autotimm.data.ranks import RANK_VARIABLES, is_rank_zero
 from autotimm.data.resumable import ResumableDataLoader, ResumableSampler
+from autotimm.training import checkpointing
 from autotimm.training.checkpointing import (
     RunExistsError,
     SafeCheckpointIO,
     parse_duration,
     prepare_run_folder,
+    remove_partial_checkpoints,
     resume_checkpoint,
 )
 
@@ -181,7 +187,7 @@ def test_a_resumed_run_refuses_options_that_differ_from_its_config(killed):
     folder, _ = killed["mid-epoch"]
     code, err = _run(["train", "--resume", str(folder), "--lr", "0.5", "--backbone", "resnet18"])
     line = next(line for line in err.splitlines() if "error:" in line)
-    assert code == 2 and "--lr 0.5 (the run has 0.001)" in line and "--backbone 'resnet18'" in line
+    assert code == 2 and "--lr 0.5 (the run has null)" in line and "--backbone 'resnet18'" in line
     assert "--resume-force" in line
     saved = yaml.safe_load((folder / "config.yaml").read_text())
     assert "resume" not in saved or saved["resume"] is None
@@ -283,6 +289,101 @@ def test_autotrainer_refuses_a_run_folder_and_overwrite_moves_it_aside(tmp_path)
     assert last.is_file()
 
 
+# ------------------------------------------------------- multi-process runs
+@pytest.fixture
+def rank(monkeypatch):
+    """Set this process's launch rank as torchrun would (``rank("1")``), with every other rank variable cleared."""
+    for name in (*RANK_VARIABLES, "NODE_RANK", "GROUP_RANK"):
+        monkeypatch.delenv(name, raising=False)
+
+    def set_rank(value: str, name: str = "RANK") -> None:
+        monkeypatch.setenv(name, value)
+
+    return set_rank
+
+
+def test_the_launch_rank_comes_from_the_environment(rank, monkeypatch):
+    assert is_rank_zero()
+    rank("1", "LOCAL_RANK")  # Lightning's ddp launcher: LOCAL_RANK only
+    assert not is_rank_zero()
+    rank("0", "LOCAL_RANK")
+    rank("1", "NODE_RANK")  # local rank 0 of the second node
+    assert not is_rank_zero()
+    monkeypatch.delenv("NODE_RANK")
+    rank("3", "SLURM_PROCID")  # LOCAL_RANK first: SLURM_PROCID is set in a one-task job whose ranks Lightning starts
+    assert is_rank_zero()
+    monkeypatch.delenv("LOCAL_RANK")
+    assert not is_rank_zero()
+    rank("0")
+    assert is_rank_zero()
+    rank("one")
+    with pytest.raises(ValueError, match=r"RANK must be a process rank.*'one'"):
+        is_rank_zero()
+
+
+def _fake_run(folder: Path) -> tuple[Path, Path]:
+    """A run folder with a last.ckpt and a temporary file a kill during a checkpoint write left."""
+    (folder / "checkpoints").mkdir(parents=True)
+    last = folder / "checkpoints" / "last.ckpt"
+    last.write_bytes(b"checkpoint")
+    partial = folder / "checkpoints" / ".last.ckpt.abc123.tmp"
+    partial.write_bytes(b"half")
+    return last, partial
+
+
+def test_only_rank_zero_moves_a_run_aside_or_removes_partial_files(rank, tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    last, partial = _fake_run(out)
+    rank("1")
+    with pytest.raises(RunExistsError, match="already holds a run"):  # refused on every rank alike
+        prepare_run_folder(out)
+    monkeypatch.setattr(checkpointing, "RANK_ZERO_WAIT_S", 0.3)
+    with pytest.raises(TimeoutError, match="for rank 0 to move the old run"):
+        prepare_run_folder(out, overwrite=True)
+    assert remove_partial_checkpoints(last.parent) == []
+    assert resume_checkpoint(True, out) == str(last)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"] and last.is_file() and partial.is_file()
+
+    # With overwrite, rank 1 waits until rank 0 (a thread here) has moved the run, and moves nothing itself.
+    monkeypatch.setattr(checkpointing, "RANK_ZERO_WAIT_S", 60)
+    moved = tmp_path / "run.old-by-rank-0"
+    mover = threading.Timer(0.3, lambda: out.rename(moved))
+    mover.start()
+    assert prepare_run_folder(out, overwrite=True) is None
+    mover.join()
+    assert (
+        sorted(p.name for p in tmp_path.iterdir()) == [moved.name] and (moved / "checkpoints" / "last.ckpt").is_file()
+    )
+
+    rank("0")
+    assert remove_partial_checkpoints(moved / "checkpoints") == [moved / "checkpoints" / partial.name]
+
+
+def test_only_rank_zero_writes_the_config_and_the_split(rank, tmp_path):
+    from data_helpers import write_class_folders
+
+    images = write_class_folders(tmp_path / "images", {"a": 6, "b": 5, "c": 7})
+    out = tmp_path / "run"
+    rank("1")
+    assert write_config(TrainConfig(data=str(images)), out) == out / "config.yaml"
+    rank_1 = ImageDataModule(images, output_dir=out, val_split=0.3, test_split=0.2, seed=3)
+    rank_1.setup("fit")
+    assert not out.exists()  # neither config.yaml nor splits.json
+
+    rank("0")
+    write_config(TrainConfig(data=str(images)), out)
+    rank_0 = ImageDataModule(images, output_dir=out, val_split=0.3, test_split=0.2, seed=3)
+    rank_0.setup("fit")
+    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "splits.json"]  # no temporary file left
+    assert yaml.safe_load((out / "config.yaml").read_text())["data"] == str(images.resolve())
+    # The split a rank computes is the one rank 0 writes, and a rank that starts later reads that file.
+    rank("1")
+    later = ImageDataModule(images, output_dir=out, val_split=0.3, test_split=0.2, seed=3)
+    later.setup("fit")
+    for split in ("train", "val", "test"):
+        assert rank_1.tables[split].items == rank_0.tables[split].items == later.tables[split].items
+
+
 # --------------------------------------------------------------- unsafe files
 class _Marker:
     """Unpickling this creates the marker file: what a malicious checkpoint could do."""
@@ -321,15 +422,43 @@ def test_no_load_path_unpickles_code(evil, tmp_path, monkeypatch):
         model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=4)
         with pytest.raises(Exception, match=r"Weights only load failed|weights_only"):
             trainer.fit(model, data, **resume)
+    _refuse_through_every_evaluation(path, data, tmp_path)
     image = tmp_path / "image.png"
     from PIL import Image
 
     Image.new("RGB", (16, 16)).save(image)
     assert _run(["predict", str(path), str(image)])[0] == 1
     assert _run(["evaluate", str(path), "digits"])[0] == 1
+    assert _run(["export", str(path), "--output", str(tmp_path / "model.onnx")])[0] == 1
+    assert _run(["explain", str(path), str(image), "--output", str(tmp_path / "explained")])[0] == 1
+    if importlib.util.find_spec("fastapi") is not None:  # `serve` loads the model before it starts the server
+        with socket.socket() as free:
+            free.bind(("127.0.0.1", 0))
+            port = free.getsockname()[1]
+        code, err = _run(["serve", str(path), "--port", str(port)])
+        assert code == 1 and "not an autotimm checkpoint" in err, err
     code, err = _run(["train", "--resume", str(path.parent.parent), *COMMON])
     assert code == 1 and ("Weights only" in err or "weights_only" in err), err
     assert not marker.exists()
+
+
+def _refuse_through_every_evaluation(ckpt_path: str | Path, data: DataLoader, root: Path) -> None:
+    """``validate``/``test``/``predict(ckpt_path=...)`` refuse the file, with autotimm's checkpoint IO or without.
+
+    Without checkpointing, and with a ``TorchCheckpointIO`` of the user's (whose default unpickles URLs), the
+    trainer passes ``weights_only=True`` itself.
+    """
+    from pytorch_lightning.plugins.io import TorchCheckpointIO
+
+    for options in ({}, {"enable_checkpointing": False}, {"plugins": [TorchCheckpointIO()]}):
+        trainer = AutoTrainer(output_dir=root / "evaluate", accelerator="cpu", logger=False, enable_progress_bar=False,
+                              enable_model_summary=False, monitor="train/loss", **options)  # fmt: skip
+        if "plugins" not in options:
+            assert isinstance(trainer.strategy.checkpoint_io, SafeCheckpointIO), options
+        model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=4)
+        for name in ("validate", "test", "predict"):
+            with pytest.raises(Exception, match=r"Weights only load failed|weights_only"):
+                getattr(trainer, name)(model, data, ckpt_path=ckpt_path)
 
 
 def test_a_remote_checkpoint_is_loaded_safely(evil, tmp_path, monkeypatch):
@@ -348,6 +477,7 @@ def test_a_remote_checkpoint_is_loaded_safely(evil, tmp_path, monkeypatch):
         model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=4)
         with pytest.raises(Exception, match=r"Weights only load failed|weights_only"):
             trainer.fit(model, data, ckpt_path=url)
+        _refuse_through_every_evaluation(url, data, tmp_path)
     finally:
         server.shutdown()
     assert not marker.exists()

@@ -8,27 +8,31 @@ import io
 import logging
 import re
 import socket
-import struct
 import subprocess
 import sys
 import textwrap
 import time
-import zlib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import httpx
 import numpy as np
 import pytest
 import torch
-from fastapi.testclient import TestClient
+from data_helpers import jpeg, photo, png_header
 from PIL import Image
 
 from autotimm import BackboneConfig, ImageClassifier
 from autotimm.data import make_data_config
 from autotimm.prediction.predict import Prediction
-from autotimm.serving.app import DEFAULT_MAX_IMAGE_PIXELS, create_app, decode_upload, serve_in_thread
-from autotimm.serving.batching import MicroBatcher
+
+# The service's own dependencies are the serve extra: without it this module (and test_service_browser) skips.
+httpx = pytest.importorskip("httpx", reason="the service needs the serve extra: pip install 'autotimm[serve]'")
+pytest.importorskip("fastapi", reason="the service needs the serve extra: pip install 'autotimm[serve]'")
+
+from fastapi.testclient import TestClient  # noqa: E402
+
+from autotimm.serving.app import DEFAULT_MAX_IMAGE_PIXELS, create_app, decode_upload, serve_in_thread  # noqa: E402
+from autotimm.serving.batching import MicroBatcher  # noqa: E402
 
 CLASSES = ["tabby cat", "golden retriever", "red fox"]
 LIMIT = 64 * 1024  # max_upload_bytes of the test apps
@@ -405,29 +409,6 @@ def test_real_server_under_concurrent_requests(checkpoint, model):
 
 
 # ------------------------------------------------------------------ big images, decode slots, content types
-def png_header(width: int, height: int) -> bytes:
-    """A PNG that declares ``width`` x ``height`` pixels but holds almost none: decoding it fails as truncated."""
-
-    def chunk(kind: bytes, data: bytes) -> bytes:
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)  # 8-bit RGB
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(bytes(100)))
-
-
-def jpeg(image: Image.Image, quality: int = 90) -> bytes:
-    buffer = io.BytesIO()
-    image.save(buffer, format="JPEG", quality=quality)
-    return buffer.getvalue()
-
-
-def photo(long_side: int) -> Image.Image:
-    """A real photo (scikit-image's astronaut, 512x512), scaled to ``long_side`` pixels a side."""
-    from skimage import data
-
-    return Image.fromarray(data.astronaut()).resize((long_side, long_side), Image.Resampling.LANCZOS)
-
-
 @pytest.fixture(scope="module")
 def server(checkpoint):
     """A real uvicorn server on 127.0.0.1 with the default pixel limit and one decode at a time."""

@@ -1,5 +1,6 @@
 """What the service's decoding relies on, one layer down: ``decode_image``'s pixel limit and JPEG draft, and
-``Preprocessor.draft_size``. Real images, no server (tests/test_service.py calls the server)."""
+``Preprocessor.draft_size``. Real images, no server (tests/test_service.py calls the server), so these tests
+need no serve extra."""
 
 from __future__ import annotations
 
@@ -7,8 +8,8 @@ import io
 
 import numpy as np
 import pytest
+from data_helpers import jpeg, photo, png_header
 from PIL import ExifTags, Image
-from test_service import jpeg, photo, png_header
 
 from autotimm.data.images import STORED_SIZE_KEY, ImageTooLargeError, convert_image, decode_image
 from autotimm.prediction.preprocess import DRAFT_REDUCING_GAP, Preprocessor

@@ -38,7 +38,7 @@ def run(tmp_path_factory, monkeypatch_module):
         "--batch-size", "8", "--num-workers", "0", "--val-split", "0.2", "--test-split", "0.2",
         "--output-dir", str(out), "--logger", "mlflow", "--logger", "csv", "--logger", "wandb",
         "--wandb-mode", "offline", "--mlflow-tracking-uri", uri, "--experiment", "pets", "--run-name", "first",
-        "--tags", "team=vision", "--tags", "baseline", "--evaluate",
+        "--tags", "team=vision", "--tags", "baseline", "--evaluate", "--export-onnx",
     ]  # fmt: skip
     assert main(argv) == 0
     return {"out": out, "uri": uri, "data": data}
@@ -80,7 +80,7 @@ def test_mlflow_gets_params_metrics_per_epoch_tags_and_best(run):
     assert params["run/backbone"] == "test_resnet" and params["run/num_classes"] == "2"
     assert params["run/classes"] == "circle, square" and params["run/input_size"] == "3x16x16"
     assert int(params["run/train_images"]) + int(params["run/val_images"]) + int(params["run/test_images"]) == 20
-    assert params["lr"] == "0.001" and params["backbone/model_name"] == "test_resnet"  # Lightning's hparams, flat
+    assert params["lr"] == params["run/lr"] and params["backbone/model_name"] == "test_resnet"  # Lightning's, flat
     assert Path(params["run/best_checkpoint"]).is_file() and tags["best_checkpoint"] == params["run/best_checkpoint"]
     assert "best/val/accuracy" in metrics and "test/accuracy" in metrics
     history = MlflowClient(run["uri"]).get_metric_history(found.info.run_id, "val/accuracy")
@@ -99,14 +99,19 @@ def test_mlflow_gets_the_report_figures_and_a_pyfunc_model(run, tracking_uri):
     assert {"evaluation-test/metrics.json", "evaluation-test/confusion_matrix.png"} <= report
     assert "evaluation-test/reliability_diagram.png" in report
     models = mlflow.search_logged_models(experiment_ids=[found.info.experiment_id], output_format="list")
-    assert len(models) == 1
-    pyfunc = mlflow.pyfunc.load_model(models[0].model_uri)
+    by_name = {m.name: m for m in models}
+    assert sorted(by_name) == ["model", "model_onnx"]  # --export-onnx: the run's model.onnx too
+    assert "onnx" in mlflow.models.get_model_info(by_name["model_onnx"].model_uri).flavors
+    assert (run["out"] / "model.onnx").is_file()
+    pyfunc = mlflow.pyfunc.load_model(by_name["model"].model_uri)
     images = sorted((run["data"] / "square").glob("*.png"))[:3]
     table = pyfunc.predict([str(p) for p in images])
     expected = ImageClassifier.load(next((run["out"] / "checkpoints").glob("epoch=*.ckpt"))).predict(images)
     assert list(table["label"]) == [p.label for p in expected]
     np.testing.assert_allclose(list(table["probability"]), [p.probability for p in expected], atol=1e-5)
     assert set(table.columns) == {"label", "probability", "labels", "probabilities"}
+    onnx_table = mlflow.pyfunc.load_model(by_name["model_onnx"].model_uri).predict([str(p) for p in images])
+    assert list(onnx_table["label"]) == list(table["label"])
 
 
 def test_csv_metrics_file_and_the_report_copy(run):
@@ -171,24 +176,66 @@ def test_a_missing_tracker_package_names_the_extra(tmp_path, monkeypatch):
         create_loggers("wandb", tmp_path)
 
 
-def test_a_finished_search_goes_to_the_trackers_as_one_run(tmp_path):
-    """What `autotimm auto --logger csv` sends after `auto_fit`: best config and score, trials.csv, summary.json."""
+def test_a_finished_search_goes_to_its_search_run(tmp_path):
+    """What `auto_fit(logger="csv")` sends to the search's run at the end: best config and score, the files."""
     from autotimm import BackboneConfig, ImageClassifier
     from autotimm.auto.results import AutoFitResult
-    from autotimm.cli.auto import AutoConfig
-    from autotimm.cli.tracking import log_search
+    from autotimm.auto.tracking import SearchTracking, log_search_result
 
     model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=2)
     (tmp_path / "trials.csv").write_text("number,score\n0,0.75\n")
     (tmp_path / "summary.json").write_text('{"best_score": 0.75}')
     result = AutoFitResult(
         model=model, best_config={"backbone": "test_resnet", "lr": 0.01}, best_score=0.75, metric="accuracy",
-        trials=[{"number": 0}], time_used=12.0, time_limit=60.0, checkpoint=model.save(tmp_path / "best.ckpt"),
-        output_dir=tmp_path,
+        trials=[{"number": 0, "score": 0.75}, {"number": 1, "score": None}], time_used=12.0, time_limit=60.0,
+        checkpoint=model.save(tmp_path / "best.ckpt"), output_dir=tmp_path,
     )  # fmt: skip
-    log_search(result, AutoConfig(data="unused", logger=["csv"]))
+    log_search_result(SearchTracking(("csv",), TrackerConfig(), tmp_path, group="pets-search"), result)
     folder = tmp_path / "csv" / "version_0"
     rows = list(csv.DictReader((folder / "metrics.csv").open()))
-    assert rows[0]["best/val_accuracy"] == "0.75" and rows[0]["search/trials"] == "1.0"
+    assert any(row["best/val_accuracy"] == "0.75" and row["search/trials"] == "2.0" for row in rows)
+    assert [row["search/trial_accuracy"] for row in rows if row["search/trial_accuracy"]] == ["0.75"]
     assert "best/backbone: test_resnet" in (folder / "hparams.yaml").read_text()
     assert (folder / "search" / "trials.csv").is_file() and (folder / "search" / "summary.json").is_file()
+
+
+def test_an_onnx_export_is_logged_with_the_onnx_flavour(run, tmp_path, monkeypatch):
+    """A run's ONNX export goes to MLflow beside the checkpoint: pyfunc through ONNX Runtime, and the onnx flavour."""
+    import mlflow
+    import onnx
+
+    from autotimm import ImageClassifier, OnnxPredictor, export
+    from autotimm.cli.tracking import log_to_trackers
+
+    checkpoint = next((run["out"] / "checkpoints").glob("epoch=*.ckpt"))
+    export(ImageClassifier.load(checkpoint), tmp_path / "model.onnx")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    previous = mlflow.get_tracking_uri()
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    try:
+        logger = create_loggers("mlflow", tmp_path, TrackerConfig(experiment="exported", mlflow_tracking_uri=uri))[0]
+        log_to_trackers([logger], checkpoint, onnx_path=tmp_path / "model.onnx")
+        mlflow.set_tracking_uri(uri)
+        models = mlflow.search_logged_models(experiment_ids=[logger.experiment_id], output_format="list")
+        by_name = {m.name: m for m in models}
+        assert set(by_name) == {"model", "model_onnx"}
+        onnx_uri = by_name["model_onnx"].model_uri
+        info = mlflow.models.get_model_info(onnx_uri)
+        assert {"python_function", "onnx"} <= set(info.flavors) and info.metadata["autotimm_format"] == "onnx"
+        assert isinstance(mlflow.onnx.load_model(onnx_uri), onnx.ModelProto)  # the ONNX graph itself
+        requirements = Path(mlflow.pyfunc.get_model_dependencies(onnx_uri)).read_text()
+        assert "onnxruntime==" in requirements
+
+        images = sorted((run["data"] / "circle").glob("*.png"))[:2] + sorted((run["data"] / "square").glob("*.png"))[:2]
+        table = mlflow.pyfunc.load_model(onnx_uri).predict([str(p) for p in images])
+        expected = OnnxPredictor(tmp_path / "model.onnx").predict(images, top_k=2)
+        assert list(table["label"]) == [p.label for p in expected]
+        assert list(table["labels"]) == [list(p.labels) for p in expected]
+        np.testing.assert_allclose(np.array(list(table["probabilities"])), [p.probabilities for p in expected],
+                                   atol=1e-6)  # fmt: skip
+        # the checkpoint's model, through torch, agrees with its ONNX export
+        torch_table = mlflow.pyfunc.load_model(by_name["model"].model_uri).predict([str(p) for p in images])
+        assert list(torch_table["label"]) == list(table["label"])
+        np.testing.assert_allclose(list(torch_table["probability"]), list(table["probability"]), atol=1e-4)
+    finally:
+        mlflow.set_tracking_uri(previous)

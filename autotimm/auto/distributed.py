@@ -11,7 +11,6 @@ the others with `broadcast`, so all processes train the same trials.
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Callable
 from typing import Any, TypeVar
 
@@ -19,6 +18,8 @@ import pytorch_lightning as pl
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
+
+from autotimm.data.ranks import is_rank_zero  # the one rank test of the package, re-exported for the search
 
 __all__ = ["barrier", "broadcast", "is_rank_zero", "on_rank_zero", "start_processes", "world_size"]
 
@@ -33,13 +34,6 @@ def _initialized() -> bool:
 def world_size() -> int:
     """Processes in the process group (1 without one)."""
     return torch.distributed.get_world_size() if _initialized() else 1
-
-
-def is_rank_zero() -> bool:
-    """Whether this is the process that decides, prints and writes files."""
-    if _initialized():
-        return torch.distributed.get_rank() == 0
-    return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", 0)) or 0) == 0
 
 
 def broadcast(value: T) -> T:

@@ -289,8 +289,9 @@ def _run_final(
     spec = TrialSpec(-1, *(best[k] for k in _CONFIG_KEYS), max_epochs=plan.epochs)
     try:
         outcome = run_training(
-            spec, state.settings, tables, state.output_dir / "final", time.monotonic() + plan.seconds
-        )
+            spec, state.settings, tables, state.output_dir / "final", time.monotonic() + plan.seconds,
+            tracked_as="final",
+        )  # fmt: skip
     except Exception as err:
         message = (str(err).strip().splitlines() or [""])[0][:200]
         if best["score"] is None:

@@ -13,6 +13,9 @@ The call runs in four steps, all inside ``time_limit``:
 4. **Finish** (``autotimm.auto.finish``): the optional final training, the
    optional ensemble, ``best.ckpt``, ``trials.csv`` and ``summary.json``.
 
+With ``logger=``, every trial is a run of the named trackers, nested under
+the search's own run in MLflow (``autotimm.auto.tracking``).
+
 The study is persistent (``autotimm.auto.storage``): a SQLite file in
 ``output_dir`` by default, or any database URL that several machines share.
 A second call on the same folder resumes it; ``n_workers`` local processes
@@ -55,8 +58,10 @@ from autotimm.auto.storage import (
     worker_name,
 )
 from autotimm.auto.study import enqueue_default, learn_from, refit_need, run_search, trial_rows
+from autotimm.auto.tracking import check_search_logger, log_search_result, open_search_tracking
 from autotimm.auto.trials import RESERVED_TRAINER_KEYS
 from autotimm.checks import require_number
+from autotimm.training.loggers import TrackerConfig
 
 __all__ = ["DEFAULT_STUDY", "ROLES", "SearchRequest", "auto_fit", "import_optuna", "run_request"]
 
@@ -150,6 +155,8 @@ class SearchRequest:
         role: One of `ROLES`.
         verbose: Print the trial table and the summary.
         called: Wall time (``time.time()``) of the call: a new session's budget starts then.
+        logger: The tracker names (empty: no tracking).
+        tracking: The trackers' options.
     """
 
     data: Any
@@ -165,6 +172,8 @@ class SearchRequest:
     role: str
     verbose: bool
     called: float = 0.0
+    logger: tuple[str, ...] = ()
+    tracking: TrackerConfig | None = None
 
 
 def _check_parallel(
@@ -214,6 +223,8 @@ def auto_fit(
     resume: bool = True,
     join: bool = False,
     finish_only: bool = False,
+    logger: Any = False,
+    tracking: TrackerConfig | None = None,
 ) -> AutoFitResult | None:
     """Find a good backbone and hyper-parameters for ``data`` within ``time_limit``, and return the trained model.
 
@@ -273,13 +284,27 @@ def auto_fit(
         finish_only: Run no trials: wait for the study's running trials, then
             do the final steps (final training, ensemble, TTA, files) on all
             of them and return the result.
+        logger: Experiment trackers of the search, by name as in
+            ``AutoTrainer(logger=...)``: ``"tensorboard"``, ``"csv"``,
+            ``"mlflow"``, ``"wandb"``, a list of those, ``True``
+            (TensorBoard) or ``False`` (none, the default). Each trial (and
+            the final training) is a run of its own, nested under the
+            search's run in MLflow, in the search's group in W&B, and in its
+            trial folder for CSV and TensorBoard; the search's run gets the
+            best configuration and score, ``trials.csv``, ``summary.json``
+            and (MLflow) the final model. Works with ``n_workers > 1`` and
+            ``join`` (see the [tracking guide](../guide/sharing.md#searches-nested-runs)).
+        tracking: The trackers' options (experiment, run name of the search,
+            tags, MLflow URI, W&B project, mode and group): a
+            [`TrackerConfig`][autotimm.training.loggers.TrackerConfig].
 
     Returns:
         An [`AutoFitResult`][autotimm.auto.results.AutoFitResult]; ``None`` with ``join=True``.
 
     Raises:
         ValueError: A bad argument (the message names it and what is
-            accepted), data without a validation split, multi-label data,
+            accepted, e.g. a ``logger`` that is not a tracker name), data
+            without a validation split, multi-label data,
             or a resumed study that was started with other options.
         ImportError: Optuna is not installed (``pip install 'autotimm[auto]'``),
             or the storage's database driver is missing.
@@ -298,6 +323,11 @@ def auto_fit(
     )
     trainer_kwargs = dict(trainer_kwargs or {})
     _check_parallel(storage, study_name, n_workers, resume, join, finish_only, trainer_kwargs)
+    names = check_search_logger(logger)
+    if tracking is not None and not isinstance(tracking, TrackerConfig):
+        raise ValueError(f"`tracking` must be a TrackerConfig or None, got {tracking!r}")
+    if names and "logger" in trainer_kwargs:
+        raise ValueError("`trainer_kwargs` must not set 'logger' when `logger` names the trackers of the search")
     import_optuna()
     options = SearchOptions(
         seed=seed,
@@ -328,6 +358,8 @@ def auto_fit(
         role="join" if join else "finish" if finish_only else "search",
         verbose=verbose,
         called=called,
+        logger=names,
+        tracking=tracking or TrackerConfig() if names else None,
     )
     return run_request(request)
 
@@ -478,6 +510,9 @@ def run_request(request: SearchRequest, worker: int | None = None) -> AutoFitRes
                         request.data, chosen, output_dir, request.options, trainer_kwargs, start, request.time_limit,
                         stored,
                     )  # fmt: skip
+                    if request.logger:  # before the plan is stored: the workers waiting for it find the run too
+                        forks = parallel and not processes
+                        state.settings.tracking = on_rank_zero(lambda: _open_tracking(request, record, forks))
                     if opened["created"] and record is not None:
                         enqueue_default(state, record)
                         record.set("plan", plan_record(state))
@@ -498,6 +533,14 @@ def run_request(request: SearchRequest, worker: int | None = None) -> AutoFitRes
                 if role == "join":
                     return None
                 return _finish(optuna, state, record, request, opened["used"], finish)
+
+
+def _open_tracking(request: SearchRequest, record: SearchRecord | None, forks: bool) -> Any:
+    """The search's tracking (rank 0): its MLflow run started, or found in the study (resumed, joined)."""
+    params = {"preset": request.preset, "metric": request.options.metric, "study": request.study_name,
+              "seed": request.options.seed, "workers": request.n_workers}  # fmt: skip
+    tracking = request.tracking or TrackerConfig()
+    return open_search_tracking(request.logger, tracking, request.output_dir, record, params, forks)
 
 
 def _forked_search(state: SearchState, request: SearchRequest, index: int) -> None:
@@ -540,6 +583,8 @@ def _finish(
     rows = on_rank_zero(collect)
     state.details = on_rank_zero(lambda: state.details)
     result = finish(state, rows, request.verbose)
+    if state.settings.tracking is not None and is_rank_zero():
+        log_search_result(state.settings.tracking, result)
     if record is not None:
         record.set("finished", True)
     return result

@@ -198,7 +198,9 @@ def run_search(
         beating = trial_heartbeat(record.storage, trial) if trial is not None else contextlib.nullcontext()
         try:
             with beating:
-                outcome = run_training(spec, state.settings, state.search_tables, folder, deadline, trial)
+                outcome = run_training(
+                    spec, state.settings, state.search_tables, folder, deadline, trial, tracked_as=folder.name
+                )
         except Exception as err:  # out of memory, a model that does not fit the data, ...: recorded, not fatal
             message = (str(err).strip().splitlines() or [""])[0][:200]
             note = f"{type(err).__name__}: {message}"

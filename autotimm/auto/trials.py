@@ -13,6 +13,8 @@ from autotimm.auto.callbacks import OptunaPruning, TimeLimit
 from autotimm.auto.data import TrialDataModule
 from autotimm.auto.distributed import is_rank_zero
 from autotimm.auto.timing import backbone_config
+from autotimm.auto.tracking import SearchTracking, log_trial_end, log_trial_start
+from autotimm.training.loggers import finish_loggers
 
 __all__ = ["RunSettings", "TrialOutcome", "TrialSpec", "run_training"]
 
@@ -80,6 +82,8 @@ class RunSettings:
         trainer_kwargs: Extra ``AutoTrainer`` arguments.
         recipe: Extra ``ImageClassifier`` arguments: optimizer, scheduler, channels-last
             (``Recipe.model_kwargs()``).
+        tracking: The search's experiment trackers (each run named by ``run_training`` gets runs of its own);
+            ``None``: no tracking.
     """
 
     base: Any
@@ -95,6 +99,7 @@ class RunSettings:
     seed: int
     trainer_kwargs: dict[str, Any] = field(default_factory=dict)
     recipe: dict[str, Any] = field(default_factory=dict)
+    tracking: SearchTracking | None = None
 
 
 @dataclass
@@ -149,6 +154,7 @@ def run_training(
     folder: Path,
     deadline: float,
     trial: Any = None,
+    tracked_as: str | None = None,
 ) -> TrialOutcome:
     """Train ``spec`` on ``tables`` until its epochs are done, it is pruned, or ``deadline`` passes.
 
@@ -163,6 +169,8 @@ def run_training(
         folder: The run's output folder.
         deadline: ``time.monotonic()`` value to stop at.
         trial: The Optuna trial to report to (rank 0), or ``None``.
+        tracked_as: The run's name in the search's trackers (``"trial_003"``, ``"final"``); ``None``, or no
+            ``settings.tracking``: not tracked.
 
     Returns:
         The outcome. Exceptions (a model that does not fit the memory, ...) propagate.
@@ -193,12 +201,22 @@ def run_training(
         kwargs.update(monitor=settings.monitor, mode=settings.mode)
     else:
         kwargs.update(enable_checkpointing=False, limit_val_batches=0)
+    loggers: list[Any] = []
+    if settings.tracking is not None and tracked_as is not None:
+        loggers = settings.tracking.trial_loggers(tracked_as, folder)
+        kwargs["logger"] = loggers or False
     seed = settings.seed + max(spec.number, 0)
     trainer = AutoTrainer(output_dir=folder, seed=seed, max_epochs=spec.max_epochs, **kwargs)
     model = _build(spec, settings)  # after the trainer, which seeds the initial weights
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", PossibleUserWarning)
-        trainer.fit(model, datamodule=data)
+    try:
+        log_trial_start(loggers, spec.number, spec.config())
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", PossibleUserWarning)
+            trainer.fit(model, datamodule=data)
+    except BaseException:
+        finish_loggers(loggers, "failed")
+        raise
+    step = trainer.global_step
     completed = trainer.global_step / max(float(trainer.estimated_stepping_batches), 1.0)
     checkpoint, score = None, None
     if validate and trainer.checkpoint_callback is not None:
@@ -222,6 +240,8 @@ def run_training(
     gc.collect()
     seconds = time.monotonic() - start
     note = "; ".join(notes)
-    return TrialOutcome(
+    outcome = TrialOutcome(
         state, score, epochs, seconds, checkpoint, note, completed, limit.epoch_seconds, limit.batch_seconds
     )
+    log_trial_end(loggers, outcome, step)
+    return outcome

@@ -11,7 +11,36 @@ from autotimm.checks import require_number
 from autotimm.optim.optimizers import check_optimizer_spec
 from autotimm.optim.schedulers import check_scheduler_spec
 
-__all__ = ["check_class_names", "check_class_weights", "check_classifier_arguments", "plain_data"]
+__all__ = [
+    "COMPILE_MODES",
+    "check_class_names",
+    "check_class_weights",
+    "check_classifier_arguments",
+    "check_compile",
+    "plain_data",
+]
+
+#: The ``torch.compile`` modes ``ImageClassifier(compile=...)`` accepts (``True`` is ``"default"``).
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune")
+
+
+def check_compile(compile: Any) -> str | None:
+    """The ``torch.compile`` mode of ``ImageClassifier(compile=...)``, or ``None`` for eager.
+
+    Args:
+        compile: ``False``, ``True`` (``"default"``) or one of `COMPILE_MODES`.
+
+    Raises:
+        ValueError: For anything else; the message names the argument, the value and what is accepted.
+    """
+    if compile is False or compile is None:
+        return None
+    if compile is True:
+        return "default"
+    if isinstance(compile, str) and compile in COMPILE_MODES:
+        return compile
+    accepted = ", ".join(["False", "True", *(repr(m) for m in COMPILE_MODES)])
+    raise ValueError(f"`compile` must be one of {accepted}; got {compile!r}")
 
 
 def check_class_names(class_names: Sequence[str] | None, num_classes: int) -> list[str] | None:

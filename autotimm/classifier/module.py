@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import math
+import time
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -13,7 +15,13 @@ from torch.nn import functional as F
 from torchmetrics.classification import MulticlassConfusionMatrix
 
 from autotimm.checks import require_number
-from autotimm.classifier.arguments import check_class_names, check_class_weights, check_classifier_arguments, plain_data
+from autotimm.classifier.arguments import (
+    check_class_names,
+    check_class_weights,
+    check_classifier_arguments,
+    check_compile,
+    plain_data,
+)
 from autotimm.classifier.finetuning import FineTuningMixin, check_finetuning_arguments
 from autotimm.classifier.predictor import InferenceMixin
 from autotimm.models.backbone import BackboneConfig, as_backbone_config, create_backbone
@@ -102,6 +110,15 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
             and mixing apply as for cross-entropy). Validation and test losses
             stay the plain cross-entropy.
         focal_gamma: The focal loss's focusing parameter (>= 0; 0 is cross-entropy).
+        compile: Run the backbone and head through ``torch.compile``, for training,
+            validation and ``predict``: ``False`` (eager), ``True`` (mode
+            ``"default"``), ``"default"``, ``"reduce-overhead"`` (CUDA graphs) or
+            ``"max-autotune"``. Compilation happens at the first batch (tens of
+            seconds) and again for new input shapes or train/eval mode. The
+            module structure is untouched, so checkpoints have the same keys
+            (no ``_orig_mod.``) and load with or without compile. A model that
+            fails to compile warns once, naming the error, and runs eagerly.
+            See the training guide for when it pays.
 
     Raises:
         ValueError: For any argument out of range or an unknown name; the
@@ -154,6 +171,7 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
         tta: bool | str = False,
         loss: str = "cross_entropy",
         focal_gamma: float = 2.0,
+        compile: bool | str = False,
     ) -> None:
         super().__init__()
         if lr is None:  # the default recipe's rule: by the weights the backbone starts from
@@ -173,6 +191,7 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
             cutmix_alpha=cutmix_alpha,
         )
         check_loss(loss, focal_gamma)
+        compile_mode = check_compile(compile)
         self._unfreeze = check_finetuning_arguments(
             freeze_backbone, layer_decay, unfreeze_schedule, ema_decay, cache_features, channels_last, mixup_alpha,
             cutmix_alpha,
@@ -231,6 +250,7 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
                     "tta": tta,
                     "loss": loss,
                     "focal_gamma": focal_gamma,
+                    "compile": compile,
                 }
             )
         )
@@ -254,6 +274,14 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
         if channels_last:
             self.to(memory_format=torch.channels_last)
         self._param_ndims: dict[str, int] = {}
+        # The epoch's training loss, summed on the device (see training_step), and per-step logging's state.
+        self._loss_sum: torch.Tensor | None = None
+        self._loss_count = 0
+        self._log_step = True
+        self._last_step_log = -math.inf
+        # torch.compile of backbone + head, built at the first forward (see `forward`); None: eager.
+        self._compile_mode = compile_mode
+        self._compiled_forward: Any = None
         if num_classes is not None:
             self._build_head(num_classes)
 
@@ -356,7 +384,32 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
         self.require_head()
         if self.hparams.channels_last and x.ndim == 4:
             x = x.contiguous(memory_format=torch.channels_last)
+        if self._compile_mode is None:
+            return self._eager_forward(x)
+        try:
+            if self._compiled_forward is None:
+                # A compiled function, not a compiled module: the state dict keeps its keys (no `_orig_mod.`).
+                self._compiled_forward = torch.compile(self._eager_forward, mode=self._compile_mode)
+            return self._compiled_forward(x)
+        except Exception as err:
+            logits = self._eager_forward(x)  # a real error raises here again, eagerly
+            self._compile_mode, self._compiled_forward = None, None
+            warnings.warn(
+                f"ImageClassifier(compile={self.hparams.compile!r}): torch.compile failed, running eagerly "
+                f"instead: {type(err).__name__}: {str(err).strip()[:500]}",
+                RuntimeWarning,
+                stacklevel=2,
+            )
+            return logits
+
+    def _eager_forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.backbone(x))
+
+    def __getstate__(self) -> dict[str, Any]:
+        """Pickle and copy without the compiled function: a copy (e.g. the EMA model) compiles its own."""
+        state = dict(super().__getstate__())  # a copy: the live model keeps its compiled function
+        state["_compiled_forward"] = None
+        return state
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         # Cached backbone features (cache_features=True, see FeatureDataModule) arrive as (N, num_features).
@@ -420,17 +473,50 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
         if distillation is not None:
             loss, soft = distillation.loss(x, logits, loss, hp.multi_label)
             self.log("train/distill_loss", soft, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
-        self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
-        # The epoch mean as well: an epoch shorter than log_every_n_steps logs no step value at all.
-        self.log("train/loss_epoch", loss, on_step=False, on_epoch=True, batch_size=len(x), sync_dist=True)
+        # The epoch mean is summed here, on the device, and logged once at the epoch's end (`train/loss_epoch`):
+        # an epoch shorter than log_every_n_steps logs no step value at all.
+        detached = loss.detach().float()
+        self._loss_sum = detached * len(x) if self._loss_sum is None else self._loss_sum.add_(detached, alpha=len(x))
+        self._loss_count += len(x)
+        self._log_step = self._step_is_read(batch_idx)
+        if self._log_step:
+            self.log("train/loss", loss, on_step=True, on_epoch=False, prog_bar=True, batch_size=len(x))
         if hp.multi_label:
             hard = (target >= 0.5).long()
         else:
             hard = target.argmax(1) if target.ndim == 2 else target
         self._log_metrics("train", logits, hard)
-        if self.logging_config.log_learning_rate and self._trainer is not None:
+        if self.logging_config.log_learning_rate and self._trainer is not None and self._log_step:
             self.log("train/lr", self.trainer.optimizers[0].param_groups[0]["lr"], on_step=True, on_epoch=False)
         return loss
+
+    #: Seconds after which ``train/loss`` is logged again for the progress bar, between the logger's steps.
+    PROGRESS_INTERVAL = 0.5
+
+    def _step_is_read(self, batch_idx: int) -> bool:
+        """Whether this training step's per-step values (loss, lr, norms) are read by anything.
+
+        Each ``self.log`` call costs Lightning a fraction of a millisecond, so
+        the per-step values are logged only where they are read: on the steps
+        the loggers write (every ``log_every_n_steps``, as Lightning decides),
+        on the epoch's last batch (the callbacks' ``callback_metrics`` at the
+        epoch's end, e.g. a checkpoint monitoring ``train/loss``), and every
+        `PROGRESS_INTERVAL` seconds for the progress bar. What the loggers
+        receive is the same as with a log call every step.
+        """
+        trainer = self._trainer
+        if trainer is None or trainer.fast_dev_run or trainer.should_stop:
+            return True
+        every = trainer.log_every_n_steps
+        if every and (trainer.global_step + 1) % every == 0:  # Lightning's test, before the step is counted
+            return True
+        if batch_idx + 1 >= trainer.num_training_batches:
+            return True
+        now = time.monotonic()
+        if now - self._last_step_log >= self.PROGRESS_INTERVAL:
+            self._last_step_log = now
+            return True
+        return False
 
     def validation_step(self, batch: Sequence[torch.Tensor], batch_idx: int) -> torch.Tensor:
         """One validation step; logs ``val/loss`` and the val metrics."""
@@ -456,6 +542,8 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
     # ------------------------------------------------------------------ hooks
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
         """Log ``train/grad_norm`` and ``train/weight_norm`` when asked (one fused norm each)."""
+        if not self._log_step:  # only on the steps whose values are read (see `_step_is_read`)
+            return
         params = [p for group in optimizer.param_groups for p in group["params"]]
         if self.logging_config.log_gradient_norm:
             self.log("train/grad_norm", total_norm(p.grad for p in params if p.grad is not None), on_step=True)
@@ -467,8 +555,19 @@ class ImageClassifier(InferenceMixin, FineTuningMixin, pl.LightningModule):
         if self.logging_config.log_confusion_matrix:
             self.val_confusion_matrix.reset()
 
+    def on_train_epoch_start(self) -> None:
+        """Start the epoch's loss sum (and apply the unfreeze schedule, see ``FineTuningMixin``)."""
+        super().on_train_epoch_start()
+        self._loss_sum, self._loss_count = None, 0
+
     def on_train_epoch_end(self) -> None:
-        """Log the epoch's train metrics."""
+        """Log the epoch's mean training loss (``train/loss_epoch``) and train metrics."""
+        if self._loss_count:
+            mean = self._loss_sum / self._loss_count
+            self.log(
+                "train/loss_epoch", mean, on_step=False, on_epoch=True, batch_size=self._loss_count, sync_dist=True
+            )
+        self._loss_sum, self._loss_count = None, 0
         self._log_epoch_metrics("train")
 
     def on_test_epoch_end(self) -> None:

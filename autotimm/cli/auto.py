@@ -34,6 +34,7 @@ examples:
   autotimm auto --data data/pets --time-limit 1h --preset balanced --refit --ensemble 3
   autotimm auto --data fashion-mnist --time-limit 10m --output-dir runs/fashion
   autotimm auto --data data/pets --backbones resnet18,efficientnet_b0 --time-limit 30m
+  autotimm auto --data data/pets --time-limit 30m --logger mlflow --experiment pets   # one nested run per trial
   autotimm auto --data data/pets --time-limit 1h --workers 4                # 4 trials at once (one per GPU)
   autotimm auto --data data/pets --time-limit 1h --storage postgresql://user:pw@db/search --study-name pets
   autotimm auto --data data/pets --storage postgresql://user:pw@db/search --study-name pets --join  # another machine
@@ -82,11 +83,14 @@ class AutoConfig:
             deadline, then exit; the first to arrive at a new study prepares it.
         finish: Run no trials: wait for the study's running trials, then do the final steps (final training,
             ensemble, TTA, best.ckpt, summary) on all of them.
-        logger: Send the finished search to these trackers as one run, repeatable: tensorboard, csv, mlflow,
-            wandb (--logger mlflow --logger csv): the best configuration and score, trials.csv and summary.json,
-            and for MLflow the final model as a pyfunc model; default: none (trials are never logged one by one).
+        logger: Experiment trackers of the search, repeatable: tensorboard, csv, mlflow, wandb (--logger mlflow
+            --logger csv). Each trial (and the final training) is a run of its own with its configuration, metrics
+            per epoch and score: nested under the search's run in MLflow, in the search's group in W&B, in the
+            trial's folder for CSV and TensorBoard; the search's run gets the best configuration and score,
+            trials.csv, summary.json and for MLflow the final model as a pyfunc model; default: none.
         experiment: The MLflow experiment (and W&B project unless --wandb-project); default: autotimm.
-        run_name: The run's name in MLflow and W&B.
+        run_name: The name of the search's run in MLflow and W&B (and its W&B group); default: the study name and
+            the start time.
         tags: Run tags, repeatable: key=value or a word.
         mlflow_tracking_uri: MLflow's tracking URI; default: MLFLOW_TRACKING_URI, else mlflow.db in --output-dir.
         wandb_project: The W&B project; default: --experiment.
@@ -186,10 +190,12 @@ def run(config: AutoConfig) -> int:
         raise UsageError("--join and --finish cannot be used together: a worker runs trials, --finish runs none")
     if config.metric not in METRICS:
         raise ValueError(f"--metric must be one of {', '.join(METRICS)}; got {config.metric!r}")
+    logger: Any = False
+    tracking = None
     if config.logger:
         from autotimm.cli.tracking import tracker_arguments
 
-        tracker_arguments(config)  # a bad --logger or --tags fails now, not after the search
+        logger, tracking = tracker_arguments(config)  # a bad --logger or --tags fails now, before the search
     source = data_source(config.data)
     trainer_kwargs = _trainer_kwargs(config)
     backbones = [b.strip() for b in config.backbones.split(",") if b.strip()] if config.backbones else None
@@ -233,13 +239,11 @@ def run(config: AutoConfig) -> int:
         resume=config.resume,
         join=config.join,
         finish_only=config.finish,
+        logger=logger,
+        tracking=tracking,
     )
     if result is None:  # a worker: the finishing call reports
         return 0
-    if config.logger:
-        from autotimm.cli.tracking import log_search
-
-        log_search(result, config)
     if "test" in datamodule.splits:
         from autotimm.cli.common import console
 

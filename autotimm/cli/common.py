@@ -130,18 +130,26 @@ def write_config(config: Any, folder: Path) -> Path:
     """Write a subcommand's options dataclass to ``folder/config.yaml``; ``--config`` repeats the run from it.
 
     ``data`` (when it exists on disk), ``output_dir``, ``dataset_root`` and ``checkpoint_path`` are
-    made absolute, so that the file repeats the run from any working directory.
+    made absolute, so that the file repeats the run from any working directory. The file is written to a
+    temporary file and renamed into place, and in a multi-process run (torchrun, SLURM) by global rank 0
+    only ([`is_rank_zero`][autotimm.data.ranks.is_rank_zero]): another rank reading it meanwhile (``--resume``)
+    reads the old file or the whole new one.
+
+    Returns:
+        The path of ``config.yaml`` (on every rank).
     """
     import dataclasses
 
     import yaml
 
-    folder.mkdir(parents=True, exist_ok=True)
+    from autotimm.data.ranks import is_rank_zero, write_text_atomically
+
+    path = folder / "config.yaml"
+    if not is_rank_zero():
+        return path
     values = dataclasses.asdict(config)
     for name in ("data", "output_dir", "dataset_root", "checkpoint_path"):
         value = values.get(name)
         if isinstance(value, str) and (name != "data" or Path(value).exists()):
             values[name] = str(Path(value).resolve())
-    path = folder / "config.yaml"
-    path.write_text(yaml.safe_dump(values, sort_keys=False))
-    return path
+    return write_text_atomically(path, yaml.safe_dump(values, sort_keys=False))

@@ -40,7 +40,7 @@ class CvConfig:
         augmentation: Training augmentation preset.
         optimizer: Optimizer name.
         scheduler: Learning-rate schedule name.
-        lr: Learning rate (> 0).
+        lr: Learning rate (> 0); null for the default recipe's.
         weight_decay: Weight decay (>= 0).
         loss: Training loss: cross_entropy or focal.
         focal_gamma: With --loss focal: the focusing parameter (>= 0).
@@ -60,10 +60,10 @@ class CvConfig:
     epochs: int = field(default=10, metadata=number(1))
     batch_size: int = field(default=32, metadata=number(1))
     image_size: int | None = field(default=None, metadata=number(1))
-    augmentation: str = "light"
+    augmentation: str = "auto"
     optimizer: str = "adamw"
     scheduler: str = "cosine"
-    lr: float = field(default=1e-3, metadata=number(0, low_open=True))
+    lr: float | None = field(default=None, metadata=number(0, low_open=True))
     weight_decay: float = field(default=1e-4, metadata=number(0))
     loss: str = "cross_entropy"
     focal_gamma: float = field(default=2.0, metadata=number(0))

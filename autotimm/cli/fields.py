@@ -65,18 +65,21 @@ def optional_value(const: Any) -> dict[str, Any]:
     return {"const": const}
 
 
-def number(low: float | None = None, high: float | None = None, low_open: bool = False) -> dict[str, Any]:
-    """Field metadata for a number option checked to lie in ``[low, high)`` (or ``(low, high)``).
+def number(
+    low: float | None = None, high: float | None = None, low_open: bool = False, high_closed: bool = False
+) -> dict[str, Any]:
+    """Field metadata for a number option checked to lie in ``[low, high)`` (or ``(low, high)``, ``[low, high]``).
 
     Args:
         low: Smallest accepted value, included unless ``low_open``; ``None`` for no bound.
-        high: Upper bound, excluded; ``None`` for none.
+        high: Upper bound, excluded unless ``high_closed``; ``None`` for none.
         low_open: Exclude ``low`` itself.
+        high_closed: Include ``high`` itself.
 
     Returns:
         The metadata dict for ``dataclasses.field(metadata=...)``.
     """
-    return {"low": low, "high": high, "low_open": low_open}
+    return {"low": low, "high": high, "low_open": low_open, "high_closed": high_closed}
 
 
 def option_name(name: str) -> str:
@@ -92,11 +95,12 @@ def is_optional(hint: Any) -> bool:
 def _describe(meta: dict[str, Any], integer: bool) -> str:
     low, high = meta.get("low"), meta.get("high")
     kind = "an integer" if integer else "a number"
+    closing = "]" if meta.get("high_closed") else ")"
     if low is not None and high is not None:
-        return f"{kind} in {'(' if meta.get('low_open') else '['}{low:g}, {high:g})"
+        return f"{kind} in {'(' if meta.get('low_open') else '['}{low:g}, {high:g}{closing}"
     if low is not None:
         return f"{kind} {'>' if meta.get('low_open') else '>='} {low:g}"
-    return f"{kind} < {high:g}"
+    return f"{kind} {'<=' if meta.get('high_closed') else '<'} {high:g}"
 
 
 def check_numbers(config: Any) -> None:
@@ -122,7 +126,7 @@ def check_numbers(config: Any) -> None:
         if ok and low is not None:
             ok = value > low if meta.get("low_open") else value >= low
         if ok and high is not None:
-            ok = value < high
+            ok = value <= high if meta.get("high_closed") else value < high
         if not ok:
             raise UsageError(f"{option_name(spec.name)} must be {_describe(meta, integer)}, got {value!r}")
 

@@ -1,9 +1,10 @@
 """The tracker options that ``train`` and ``auto`` share: ``--logger mlflow --logger csv``, ``--experiment``, ...
 
 Each subcommand's options dataclass has the fields named in `TRACKING_FIELDS`;
-these helpers turn them into ``AutoTrainer(logger=..., tracking=...)``
-arguments and, after training, send the trackers the model (MLflow ``pyfunc``)
-and the evaluation report.
+these helpers turn them into ``AutoTrainer(logger=..., tracking=...)`` (and
+``auto_fit(logger=..., tracking=...)``) arguments and, after training, send the
+trackers the model (MLflow ``pyfunc``, with ONNX when the run exported it) and
+the evaluation report.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from typing import Any
 
 from autotimm.cli.options import UsageError
 
-__all__ = ["TRACKER_NAMES", "TRACKING_FIELDS", "finish_trackers", "log_search", "log_to_trackers", "tracker_arguments"]
+__all__ = ["TRACKER_NAMES", "TRACKING_FIELDS", "finish_trackers", "log_to_trackers", "tracker_arguments"]
 
 #: The names ``--logger`` accepts (those of ``autotimm.training.loggers.TRACKERS``, without importing Lightning).
 TRACKER_NAMES = ("tensorboard", "csv", "mlflow", "wandb")
@@ -60,13 +61,17 @@ def tracker_arguments(config: Any) -> tuple[list[str] | bool, Any]:
     return logger, tracking
 
 
-def log_to_trackers(loggers: list[Any], model_path: str | Path | None, report: Any = None) -> None:
+def log_to_trackers(
+    loggers: list[Any], model_path: str | Path | None, report: Any = None, onnx_path: str | Path | None = None
+) -> None:
     """After training: the evaluation report to every tracker, and the model to MLflow as a ``pyfunc`` model.
 
     Args:
         loggers: ``trainer.loggers``.
-        model_path: The checkpoint to log to MLflow (the best, or the calibrated one); ``None`` for none.
+        model_path: The checkpoint to log to MLflow as ``model`` (the best, or the calibrated one); ``None`` for none.
         report: An ``EvaluationReport`` to send, or ``None``.
+        onnx_path: The run's ONNX export, also logged to MLflow as ``model_onnx`` (predicted through ONNX
+            Runtime, with MLflow's ``onnx`` flavour too); ``None`` for none.
     """
     from pytorch_lightning.loggers import MLFlowLogger
 
@@ -74,12 +79,15 @@ def log_to_trackers(loggers: list[Any], model_path: str | Path | None, report: A
 
     if report is not None:
         log_report(loggers, report)
+    models = [(name, path) for name, path in (("model", model_path), ("model_onnx", onnx_path)) if path]
     for logger in loggers:
-        if isinstance(logger, MLFlowLogger) and model_path:
-            from autotimm.cli.common import console
-            from autotimm.exporting.mlflow_model import log_mlflow_model
+        if not isinstance(logger, MLFlowLogger):
+            continue
+        from autotimm.cli.common import console
+        from autotimm.exporting.mlflow_model import log_mlflow_model
 
-            uri = log_mlflow_model(model_path, run_id=logger.run_id, tracking_uri=logger.experiment.tracking_uri)
+        for name, path in models:
+            uri = log_mlflow_model(path, run_id=logger.run_id, tracking_uri=logger.experiment.tracking_uri, name=name)
             console().print(f"MLflow model: {uri} (mlflow.pyfunc.load_model(uri).predict(images))", highlight=False)
 
 
@@ -89,49 +97,6 @@ def finish_trackers(loggers: list[Any]) -> None:
     Args:
         loggers: ``trainer.loggers``.
     """
-    from pytorch_lightning.loggers import WandbLogger
+    from autotimm.training.loggers import finish_loggers
 
-    for logger in loggers:
-        logger.finalize("success")
-        if isinstance(logger, WandbLogger):
-            logger.experiment.finish()
-
-
-def log_search(result: Any, config: Any) -> None:
-    """Send an ``auto_fit`` search to the trackers of ``--logger``, as one run.
-
-    Parameters: the best configuration (``best/...``) and the search's own
-    (preset, metric, time limit); metrics: the best validation score, the time
-    used and the trial count; artifacts: ``trials.csv`` and ``summary.json``;
-    for MLflow, the final model (the ensemble when there is one) as a ``pyfunc`` model.
-
-    Args:
-        result: The ``AutoFitResult``.
-        config: ``autotimm auto``'s options, with the `TRACKING_FIELDS`.
-    """
-    import shutil
-    import tempfile
-
-    from autotimm.training.loggers import create_loggers, log_artifacts
-
-    logger, tracking = tracker_arguments(config)
-    loggers = create_loggers(logger, Path(result.output_dir), tracking)
-    if not loggers:
-        return
-    params: dict[str, Any] = {"search/preset": config.preset, "search/metric": result.metric}
-    params["search/time_limit_s"] = result.time_limit
-    for key, value in result.best_config.items():
-        params[f"best/{key}"] = value if isinstance(value, (str, int, float, bool)) or value is None else str(value)
-    metrics = {"search/time_used_s": float(result.time_used), "search/trials": float(len(result.trials))}
-    if result.best_score is not None:
-        metrics[f"best/val_{result.metric}"] = float(result.best_score)
-    with tempfile.TemporaryDirectory() as tmp:
-        for name in ("trials.csv", "summary.json"):
-            if (Path(result.output_dir) / name).is_file():
-                shutil.copy(Path(result.output_dir) / name, Path(tmp) / name)
-        for each in loggers:
-            each.log_hyperparams(params)
-            each.log_metrics(metrics, step=0)
-        log_artifacts(loggers, tmp, name="search")
-    log_to_trackers(loggers, result.ensemble_dir or result.checkpoint)
-    finish_trackers(loggers)
+    finish_loggers(loggers)

@@ -62,13 +62,13 @@ class TrainConfig:
         epochs: Training epochs (>= 1).
         batch_size: Images per batch (>= 1).
         image_size: Input size in pixels (>= 1); null for the backbone's default.
-        augmentation: Training augmentation preset: none, light, crop_flip, randaugment, autoaugment, trivialaugment
-            or augmix.
+        augmentation: Training augmentation preset: auto (none up to 64 px, light above, as ImageDataModule),
+            none, light, crop_flip, randaugment, autoaugment, trivialaugment or augmix.
         optimizer: Optimizer: adamw, adam, sgd, rmsprop, adagrad, adamp, sgdp, adabelief, radam, lamb, lars, madgrad
             or novograd.
         scheduler: Learning-rate schedule: none, cosine, onecycle, step, multistep, exponential, plateau or
             cosine_with_restarts.
-        lr: Learning rate (> 0).
+        lr: Learning rate (> 0); null for the default recipe's (3e-3 from scratch, 1e-3 from pretrained weights).
         weight_decay: Weight decay (>= 0), not applied to biases and norms.
         warmup_epochs: Epochs of linear learning-rate warm-up before the schedule (>= 0).
         label_smoothing: Label smoothing of the loss, in [0, 1).
@@ -77,7 +77,8 @@ class TrainConfig:
         teacher: Distil from this trained model (a .ckpt, an .onnx file or an ensemble folder) with the same class
             names: the loss becomes (1 - alpha) * task loss + alpha * T^2 * KL(teacher || student) at temperature T.
         distill_alpha: With --teacher: the weight alpha of the distillation term, in [0, 1].
-        distill_temperature: With --teacher: the softmax temperature T (> 0).
+        distill_temperature: With --teacher: the softmax temperature T (> 0). A teacher whose input size differs
+            from the student's gets the student's images resized to its own size.
         freeze_backbone: Train only the head (a linear probe on the backbone's features).
         cache_features: With --freeze_backbone: compute the backbone's features once and train the head on them.
         layer_decay: Layer-wise learning-rate decay in (0, 1]: each backbone layer learns at this fraction of the
@@ -88,6 +89,10 @@ class TrainConfig:
         ema_decay: Validate and save an exponential moving average of the weights with this decay in (0, 1), e.g.
             0.999; null for none.
         channels_last: Channels-last memory format (faster convolutions on recent CPUs and GPUs).
+        compile: Compile the backbone and head with torch.compile: --compile alone is mode default; or
+            reduce-overhead (CUDA graphs) or max-autotune. Worth it on a GPU for long runs; the first batch
+            waits for the compilation (tens of seconds). A model that fails to compile runs eagerly, with a
+            warning.
         precision: Lightning precision: 32-true, 16-mixed, bf16-mixed, 16-true, bf16-true or 64-true.
         accelerator: Lightning accelerator: auto, cpu, gpu, cuda, mps, ...
         devices: Lightning devices: auto, a count (1) or a list of indices ("0,1").
@@ -124,6 +129,8 @@ class TrainConfig:
         wandb_mode: W&B's mode: online, offline (local files; `wandb sync` later) or disabled.
         evaluate: After training, evaluate the chosen checkpoint on the test split (eval-test/ in the run folder)
             and send the report (numbers and files) to the trackers.
+        export_onnx: After training, export the chosen checkpoint to model.onnx in the run folder (checked against
+            PyTorch) and log it to MLflow too, with the ONNX flavour (needs the onnx extra).
     """
 
     data: str | None = None
@@ -134,17 +141,17 @@ class TrainConfig:
     epochs: int = field(default=10, metadata=number(1))
     batch_size: int = field(default=32, metadata=number(1))
     image_size: int | None = field(default=None, metadata=number(1))
-    augmentation: str = "light"
+    augmentation: str = "auto"
     optimizer: str = "adamw"
     scheduler: str = "cosine"
-    lr: float = field(default=1e-3, metadata=number(0, low_open=True))
+    lr: float | None = field(default=None, metadata=number(0, low_open=True))
     weight_decay: float = field(default=1e-4, metadata=number(0))
     warmup_epochs: int = field(default=0, metadata=number(0))
     label_smoothing: float = field(default=0.0, metadata=number(0, 1))
     loss: str = "cross_entropy"
     focal_gamma: float = field(default=2.0, metadata=number(0))
     teacher: str | None = None
-    distill_alpha: float = 0.5
+    distill_alpha: float = field(default=0.5, metadata=number(0, 1, high_closed=True))
     distill_temperature: float = field(default=4.0, metadata=number(0, low_open=True))
     freeze_backbone: bool = False
     cache_features: bool = False
@@ -152,6 +159,9 @@ class TrainConfig:
     unfreeze_schedule: dict[str, int | str] | None = None
     ema_decay: float | None = None
     channels_last: bool = False
+    compile: Literal["default", "reduce-overhead", "max-autotune"] | None = field(
+        default=None, metadata=optional_value("default")
+    )
     precision: str = "32-true"
     accelerator: str = "auto"
     devices: str = "auto"
@@ -176,6 +186,7 @@ class TrainConfig:
     wandb_project: str | None = None
     wandb_mode: Literal["online", "offline", "disabled"] | None = None
     evaluate: bool = False
+    export_onnx: bool = False
 
 
 #: The options dataclass of this subcommand.
@@ -190,6 +201,11 @@ INVOCATION_OPTIONS = ("resume", "resume_force", "overwrite")
 CHANGEABLE_ON_RESUME = ("epochs", "num_workers", "checkpoint_every_n_steps", "checkpoint_every")
 
 _PATH_OPTIONS = ("data", "output_dir", "dataset_root", "checkpoint_path")
+
+
+def _yaml_value(value: Any) -> str:
+    """A value of config.yaml as the user reads it there (``null`` for None)."""
+    return "null" if value is None else repr(value)
 
 
 def _run_folder(config: TrainConfig) -> tuple[Path, Path | None]:
@@ -246,7 +262,7 @@ def resolve_config(config: TrainConfig, given: set[str]) -> TrainConfig:
     saved["output_dir"] = str(folder.resolve())  # where the run is now (it may have moved since)
     checked = given - set(INVOCATION_OPTIONS) - set(CHANGEABLE_ON_RESUME) - {"config"}
     differences = [
-        f"--{name.replace('_', '-')} {values[name]!r} (the run has {saved[name]!r})"
+        f"--{name.replace('_', '-')} {values[name]!r} (the run has {_yaml_value(saved[name])})"
         for name in sorted(checked & saved.keys())
         if _comparable(name, values[name]) != _comparable(name, saved[name])
     ]
@@ -284,6 +300,23 @@ def _check_names(config: TrainConfig) -> None:
         presets = ", ".join(list_augmentation_presets())
         raise ValueError(f"--augmentation must be one of {presets}; got {config.augmentation!r}") from err
     check_precision(config.precision)
+
+
+def _check_distillation(config: TrainConfig) -> None:
+    """Refuse --distill-alpha or --distill-temperature set (to other than the default) without --teacher."""
+    if config.teacher is not None:
+        return
+    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig)}
+    given = [
+        f"--{name.replace('_', '-')} {getattr(config, name)!r}"
+        for name in ("distill_alpha", "distill_temperature")
+        if getattr(config, name) != defaults[name]
+    ]
+    if given:
+        raise UsageError(
+            f"{' and '.join(given)} set without --teacher: --distill-alpha and --distill-temperature apply only "
+            "when distilling; add --teacher PATH (a .ckpt, an .onnx file or an ensemble folder) or drop them"
+        )
 
 
 def _evaluate_command(config: TrainConfig, best: str, splits: list[str]) -> str | None:
@@ -374,6 +407,17 @@ def _shown(path: str) -> str:
         return path
 
 
+def _export_onnx(checkpoint: str, output_dir: Path) -> Path:
+    """Export ``checkpoint`` to ``model.onnx`` in the run folder (``--export-onnx``), parity-checked."""
+    from autotimm.classifier import ImageClassifier
+    from autotimm.cli.common import console
+    from autotimm.exporting import export
+
+    result = export(ImageClassifier.load(checkpoint), output_dir / "model.onnx")
+    console().print(f"ONNX export: {result.path} (max logit difference {result.max_abs_diff:.2e})", highlight=False)
+    return Path(result.path)
+
+
 def run(config: TrainConfig) -> int:
     """Train as ``config`` says, print the best checkpoint and its validation metrics.
 
@@ -398,6 +442,11 @@ def run(config: TrainConfig) -> int:
     logger, tracking = tracker_arguments(config)
     source = data_source(config.data)
     _check_names(config)
+    _check_distillation(config)
+    if config.export_onnx:
+        from autotimm.exporting.exporter import require_onnx
+
+        require_onnx()  # before anything is written or trained
     if config.checkpoint_path is not None:
         from autotimm.cli.common import require_file
 
@@ -495,6 +544,7 @@ def run(config: TrainConfig) -> int:
             unfreeze_schedule=config.unfreeze_schedule,
             ema_decay=config.ema_decay,
             channels_last=config.channels_last,
+            compile=config.compile or False,
         )
     except (ValueError, FileNotFoundError) as err:
         if config.checkpoint_path is None or "BackboneConfig `checkpoint_path`" not in str(err):
@@ -524,8 +574,9 @@ def run(config: TrainConfig) -> int:
     _print_summary(best or last, last if Path(last).is_file() else None, config_file, metrics, title)
     chosen = str(_calibrate(best or last, datamodule, output_dir)) if config.calibrate else best or last
     report = _evaluate_test(chosen, datamodule, output_dir) if config.evaluate else None
+    onnx_path = _export_onnx(chosen, output_dir) if config.export_onnx else None
     if trainer.loggers:
-        log_to_trackers(trainer.loggers, chosen, report)
+        log_to_trackers(trainer.loggers, chosen, report, onnx_path)
         finish_trackers(trainer.loggers)
     command = None if config.evaluate else _evaluate_command(config, _shown(chosen), datamodule.splits)
     if command:

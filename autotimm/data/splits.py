@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 
+from autotimm.data.ranks import is_rank_zero, write_text_atomically
 from autotimm.data.sources import SampleTable, SourceData
 
 __all__ = ["SPLIT_FILE_NAME", "resolve_splits", "source_fingerprint", "stratified_split"]
@@ -128,6 +129,13 @@ def resolve_splits(
     settings; a later run with the same data and settings reads the split from
     that file, so evaluation uses exactly the same images.
 
+    In a multi-process run only global rank 0 (see
+    [`is_rank_zero`][autotimm.data.ranks.is_rank_zero]) writes the file, to a
+    temporary file renamed into place, so another rank reads either the
+    previous file or the whole new one. A rank that finds no matching file
+    computes the same split rank 0 writes: the split depends only on the data,
+    the fractions and the seed.
+
     Args:
         source: What a source reader found.
         val_split: Fraction of the pool for validation, when the source has no
@@ -171,7 +179,7 @@ def resolve_splits(
     tables.update({split: table for split, table in source.splits.items() if split != "train"})
     tables = {split: tables[split] for split in ("train", "val", "test") if split in tables}
 
-    if path is not None and recorded is None:
+    if path is not None and recorded is None and is_rank_zero():
         record = {
             **settings,
             "source": source.description,
@@ -180,8 +188,7 @@ def resolve_splits(
             "splits": {split: table.items for split, table in tables.items()},
         }
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(json.dumps(record, indent=1))
+            write_text_atomically(path, json.dumps(record, indent=1))
         except OSError as err:
             raise OSError(
                 f"Cannot write the split file {str(path)!r} ({err}); pass a writable `output_dir`, "

@@ -27,6 +27,7 @@ from torchmetrics.functional.classification import (
 
 from autotimm.checks import require_number
 from autotimm.evaluation.labelled_data import resolve_multi_label_data
+from autotimm.evaluation.plots import add_legend, class_labels, per_class_bar_figure, save_figure
 from autotimm.prediction.inputs import ImageSource
 from autotimm.prediction.predict import sigmoid
 
@@ -203,6 +204,17 @@ def _write_files(
     report.files["metrics"].write_text(json.dumps(report.to_dict(), indent=2, ensure_ascii=False), "utf-8")
 
 
+def _draw_per_class(report: MultiLabelEvaluationReport) -> None:
+    """``per_class_f1.png``: F1 at the threshold per class, worst first, with support (the 40 worst when more)."""
+    shown, legend, fonts = class_labels(report.class_names)
+    with fonts.context():
+        f1 = [row["f1"] for row in report.per_class]
+        support = [row["support"] for row in report.per_class]
+        figure = per_class_bar_figure(shown, f1, support, f"F1 at threshold {report.threshold:g}")
+        add_legend(figure, legend)
+        save_figure(figure, report.files["per_class_f1"])
+
+
 def evaluate_multi_label(
     model: Any,
     data: Any,
@@ -216,8 +228,10 @@ def evaluate_multi_label(
 ) -> MultiLabelEvaluationReport:
     """Evaluate a multi-label classifier on labelled images, print the metrics and write a report folder.
 
-    Files written to ``output_dir``: ``metrics.json``, ``per_class.csv``, ``per_class.json`` and
-    ``predictions.csv`` (true and predicted label sets, separated by ``;``, and every class's probability).
+    Files written to ``output_dir``: ``metrics.json``, ``per_class.csv``, ``per_class.json``,
+    ``predictions.csv`` (true and predicted label sets, separated by ``;``, and every class's probability)
+    and ``per_class_f1.png`` (F1 at the threshold per class, worst first, with each class's support: the
+    images having the label; the 40 worst when there are more classes).
 
     Args:
         model: A multi-label [`ImageClassifier`][autotimm.ImageClassifier], or any object with
@@ -274,9 +288,11 @@ def evaluate_multi_label(
             "per_class_csv": out / "per_class.csv",
             "per_class_json": out / "per_class.json",
             "predictions": out / "predictions.csv",
+            "per_class_f1": out / "per_class_f1.png",
         },
     )
     out.mkdir(parents=True, exist_ok=True)
+    _draw_per_class(report)
     _write_files(report, sources, targets, probs)
     if verbose:
         _print_tables(report)

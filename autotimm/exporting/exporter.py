@@ -40,7 +40,15 @@ from autotimm.prediction.metadata import (
 if TYPE_CHECKING:
     from autotimm.exporting.quantization import QuantizationReport
 
-__all__ = ["FORMATS", "ONNX_EXPORTERS", "ExportParityError", "ExportResult", "export", "read_metadata"]
+__all__ = [
+    "FORMATS",
+    "ONNX_EXPORTERS",
+    "ExportParityError",
+    "ExportResult",
+    "export",
+    "read_metadata",
+    "require_onnx",
+]
 
 #: Export formats accepted by ``format=``.
 FORMATS = ("onnx", "torchscript")
@@ -171,7 +179,12 @@ def _build_metadata(model: ImageClassifier, data_config: dict[str, Any]) -> dict
     }
 
 
-def _require_onnx() -> None:
+def require_onnx() -> None:
+    """Raise unless ONNX export can run here (the onnx and onnxruntime packages, for the parity check).
+
+    Raises:
+        ImportError: A missing package, with the install command.
+    """
     try:
         import onnx  # noqa: F401
     except ImportError as err:
@@ -334,7 +347,7 @@ def export(
     if quantize and format != "onnx":
         raise ValueError(f"`quantize=True` needs format='onnx' (int8 quantization uses onnxruntime), got {format!r}")
     if format == "onnx":
-        _require_onnx()
+        require_onnx()
     target = Path(path)
     if target.is_dir():
         raise ValueError(f"`path` must be a file path, got the folder {os.fspath(path)!r}")

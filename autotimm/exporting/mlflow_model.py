@@ -6,7 +6,13 @@ run as a ``pyfunc`` model whose ``predict`` returns, per image, the class names
 and probabilities (a pandas DataFrame). MLflow's own PyTorch flavour would
 return bare logits without class names or preprocessing, hence this small
 ``PythonModel`` around [`load_model`][autotimm.classifier.loading.load_model].
-An ``.onnx`` artifact is served through ONNX Runtime by the same wrapper.
+
+An ``.onnx`` export is served through ONNX Runtime by the same wrapper (an
+[`OnnxPredictor`][autotimm.prediction.onnx_predictor.OnnxPredictor] inside, so
+its predictions equal ``OnnxPredictor.predict``): the logged model then
+requires ``onnxruntime`` rather than torch, and also carries MLflow's own
+``onnx`` flavour over the same file (when the ``onnx`` package is installed),
+so ``mlflow.onnx.load_model(uri)`` returns the ONNX graph itself.
 """
 
 from __future__ import annotations
@@ -102,6 +108,11 @@ def log_mlflow_model(
 ) -> str:
     """Log a trained model into an MLflow run as a ``pyfunc`` model and return its URI.
 
+    A ``.ckpt`` checkpoint or an ensemble folder is predicted with torch; an
+    ``.onnx`` export through ONNX Runtime (its requirements are
+    ``onnxruntime``, and its ``MLmodel`` also has the ``onnx`` flavour when the
+    ``onnx`` package is installed).
+
     Args:
         model_path: A ``.ckpt`` checkpoint, an ``.onnx`` export or an ensemble folder.
         run_id: The run to log into (e.g. ``MLFlowLogger.run_id``); ``None``: the active run, or a new one.
@@ -145,12 +156,58 @@ def log_mlflow_model(
     return str(info.model_uri)
 
 
+class _PyfuncWithOnnx:
+    """A flavour "module" for ``mlflow.models.Model.log``: our pyfunc wrapper, plus MLflow's ``onnx`` flavour.
+
+    Both flavours read the same ``.onnx`` artifact: ``mlflow.pyfunc.load_model``
+    gets images in, class names out; ``mlflow.onnx.load_model`` the ONNX graph.
+    """
+
+    __name__ = "mlflow.onnx"
+
+    @staticmethod
+    def save_model(path: str, mlflow_model: Any, **kwargs: Any) -> None:
+        """Save the pyfunc model into ``path``, then add the ``onnx`` flavour to its ``MLmodel``."""
+        import mlflow
+
+        mlflow.pyfunc.save_model(path=path, mlflow_model=mlflow_model, **kwargs)
+        try:
+            import onnx
+        except ImportError:  # only mlflow.onnx.load_model needs it: the pyfunc model runs on onnxruntime alone
+            return
+        data = mlflow_model.flavors["python_function"]["artifacts"]["model"]["path"]
+        mlflow_model.add_flavor(
+            "onnx",
+            onnx_version=onnx.__version__,
+            data=data,
+            providers=["CUDAExecutionProvider", "CPUExecutionProvider"],
+            onnx_session_options=None,
+            code=None,
+        )
+        mlflow_model.save(os.path.join(path, "MLmodel"))
+
+
 def _log(mlflow: Any, path: Any, name: str, top_k: int | None, registered: str | None, version: str) -> Any:
+    from autotimm.classifier.loading import model_kind
+
     # Explicit requirements: inferring them would import the model in a subprocess (slow, and needs the artifact).
-    return mlflow.pyfunc.log_model(
+    requirements = [f"autotimm=={version}"]
+    arguments: dict[str, Any] = dict(
         name=name,
         python_model=ClassifierPyfunc(top_k),
         artifacts={"model": str(Path(path).resolve())},
-        pip_requirements=[f"autotimm=={version}"],
         registered_model_name=registered,
+    )
+    if model_kind(os.fspath(path)) != "onnx":
+        return mlflow.pyfunc.log_model(pip_requirements=requirements, **arguments)
+    import onnxruntime
+
+    requirements.append(f"onnxruntime=={onnxruntime.__version__}")
+    return mlflow.models.Model.log(
+        artifact_path=None,
+        flavor=_PyfuncWithOnnx,
+        flavor_name="onnx",
+        pip_requirements=requirements,
+        metadata={"autotimm_format": "onnx"},
+        **arguments,
     )

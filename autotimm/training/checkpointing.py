@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import tempfile
+import time
 from collections.abc import Callable
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -28,10 +29,12 @@ import pytorch_lightning as pl
 from pytorch_lightning.callbacks import Callback
 from pytorch_lightning.plugins.io import TorchCheckpointIO
 
+from autotimm.data.ranks import is_rank_zero
 from autotimm.data.resumable import ResumableDataLoader, ResumableSampler
 
 __all__ = [
     "LAST_CHECKPOINT",
+    "RANK_ZERO_WAIT_S",
     "SCHEDULE_LENGTH_KEYS",
     "ResumeState",
     "RunExistsError",
@@ -51,6 +54,9 @@ LAST_CHECKPOINT = "last.ckpt"
 #: Scheduler state entries that say how long the schedule is (torch's cosine and OneCycle, timm's schedulers):
 #: a resumed run keeps the values its own run length gives, so a changed number of epochs changes the schedule.
 SCHEDULE_LENGTH_KEYS = frozenset({"T_max", "total_steps", "_schedule_phases", "t_initial", "cycle_limit"})
+
+#: How long the other ranks of a multi-process run wait for rank 0 to move an old run aside (``overwrite``).
+RANK_ZERO_WAIT_S = 600.0
 
 _TEMP_SUFFIX = ".tmp"
 
@@ -123,9 +129,14 @@ def atomic_save(obj: Any, path: Path) -> None:
 def remove_partial_checkpoints(folder: Path) -> list[Path]:
     """Delete temporary files that a run killed while writing a checkpoint left in ``folder``.
 
+    Only global rank 0 of a multi-process run deletes them (see
+    [`is_rank_zero`][autotimm.data.ranks.is_rank_zero]); the other ranks delete nothing.
+
     Returns:
-        The files deleted.
+        The files deleted (none on the other ranks).
     """
+    if not is_rank_zero():
+        return []
     stale = sorted(folder.glob(f".*.ckpt.*{_TEMP_SUFFIX}")) if folder.is_dir() else []
     for path in stale:
         path.unlink(missing_ok=True)
@@ -227,6 +238,12 @@ def prepare_run_folder(
     file. Logs, ``config.yaml`` and ``splits.json`` alone (a run killed before
     its first checkpoint) are not a run: training starts there again.
 
+    In a multi-process run (torchrun, SLURM, Lightning's ``ddp`` launcher)
+    every process calls this before the ``Trainer`` exists; only global rank 0
+    (see [`is_rank_zero`][autotimm.data.ranks.is_rank_zero]) moves the old run.
+    The other ranks refuse as rank 0 does, or, with ``overwrite``, wait (up to
+    `RANK_ZERO_WAIT_S`) until rank 0 has moved it, and move nothing.
+
     Args:
         output_dir: The new run's folder.
         overwrite: Move an old run aside (the whole folder, to
@@ -237,12 +254,15 @@ def prepare_run_folder(
         folder_hint: How the folder is chosen, for the message.
 
     Returns:
-        Where the old run was moved, or ``None`` when there was none.
+        Where the old run was moved, or ``None`` when there was none (and on
+        every rank but 0).
 
     Raises:
         RunExistsError: The folder holds a run and ``overwrite`` is false; the
             message says how to resume, choose another folder, or overwrite.
         ValueError: ``overwrite`` would move the working folder (or one above it).
+        TimeoutError: On a rank other than 0, rank 0 did not move the old run
+            within `RANK_ZERO_WAIT_S` seconds.
     """
     checkpoints = run_checkpoints(output_dir)
     if not checkpoints:
@@ -260,9 +280,28 @@ def prepare_run_folder(
             f"cannot overwrite the run in {os.fspath(folder)!r}: it is the working folder (or contains it), "
             "which cannot be moved aside; choose another output folder"
         )
+    if not is_rank_zero():  # rank 0 moves it; a second mover would move rank 0's fresh folder, or fail
+        _wait_until_moved(folder, RANK_ZERO_WAIT_S)
+        return None
     target = moved_run_folder(folder)
     shutil.move(os.fspath(folder), os.fspath(target))
     return target
+
+
+def _wait_until_moved(folder: Path, timeout_s: float) -> None:
+    """Wait until ``folder`` holds no run any more (rank 0 moved it aside).
+
+    Raises:
+        TimeoutError: It still holds one after ``timeout_s`` seconds.
+    """
+    deadline = time.monotonic() + timeout_s
+    while run_checkpoints(folder):
+        if time.monotonic() > deadline:
+            raise TimeoutError(
+                f"waited {timeout_s:.0f} s for rank 0 to move the old run in {os.fspath(folder)!r} aside "
+                "(overwrite): it is still there; see rank 0's error"
+            )
+        time.sleep(0.1)
 
 
 def resume_checkpoint(resume: bool | str | os.PathLike[str], output_dir: str | Path) -> str:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
+import time
 import warnings
 from collections.abc import Iterator
 from typing import Any
@@ -81,7 +83,36 @@ def quiet_lightning(*more_warnings: str) -> Iterator[None]:
 
 
 class QuietProgressBar(RichProgressBar):
-    """Lightning's ``RichProgressBar`` without the logger's version number (``v_num``), as Lightning's docs show."""
+    """Lightning's ``RichProgressBar`` without ``v_num``, and with its per-batch work done at most a few times a second.
+
+    Lightning's rich bar redraws from a thread ``refresh_rate`` times a second
+    (in a notebook: at every batch), but updates its task and gathers the
+    metrics shown after every training batch, which costs a fraction of a
+    millisecond per step. Here the training bar is updated every
+    ``update_interval`` seconds and at the epoch's last batch, so a fast step
+    pays nothing for it, and a slow one (longer than the interval) sees every
+    batch as before.
+
+    Args:
+        refresh_rate: Redraws per second (Lightning's meaning for the rich bar).
+        update_interval: Least seconds between two updates of the training bar.
+        **kwargs: Any other ``RichProgressBar`` argument.
+    """
+
+    def __init__(self, refresh_rate: int = 2, update_interval: float = 0.25, **kwargs: Any) -> None:
+        super().__init__(refresh_rate=refresh_rate, **kwargs)
+        self.update_interval = update_interval
+        self._last_update = -math.inf
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Update the training bar when ``update_interval`` has passed, or at the epoch's last batch."""
+        now = time.monotonic()
+        last = batch_idx + 1 >= trainer.num_training_batches
+        if last or now - self._last_update >= self.update_interval or self.train_progress_bar_id is None:
+            self._last_update = now
+            super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
         """The progress bar's items, ``v_num`` left out."""

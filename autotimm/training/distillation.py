@@ -90,6 +90,15 @@ def _weights_sha256(module: nn.Module) -> str:
     return digest.hexdigest()
 
 
+def _input_size(config: Any) -> tuple[int, int, int] | None:
+    """``(C, H, W)`` of a data config, when it has one."""
+    size = config.get("input_size") if isinstance(config, dict) else None
+    if size is None or len(size) != 3:
+        return None
+    channels, height, width = (int(v) for v in size)
+    return channels, height, width
+
+
 def _stats(config: Any) -> tuple[list[float], list[float]] | None:
     if not isinstance(config, dict) or "mean" not in config or "std" not in config:
         return None
@@ -101,7 +110,12 @@ class Distillation(Callback):
 
     The teacher runs in eval mode under ``no_grad`` on the same inputs as the
     student, after mixup or CutMix, re-normalised when its mean and std differ
-    from the student's. Works with [`ImageClassifier`][autotimm.ImageClassifier]
+    from the student's. A teacher whose data config names another input size
+    (e.g. trained at 224 px for a 128 px student) gets the student's batch
+    resized to its size (bilinear, antialiased when shrinking) rather than
+    refused: an ONNX teacher only runs at its own size, and a convolutional one
+    is a weaker teacher away from it. A teacher that takes another number of
+    channels is refused. Works with [`ImageClassifier`][autotimm.ImageClassifier]
     students (they call `loss` in ``training_step``); validation and test losses
     are the student's own.
 
@@ -119,7 +133,7 @@ class Distillation(Callback):
 
     Raises:
         ValueError: ``alpha`` or ``temperature`` out of range, or (when
-            training starts) class names that differ from the student's.
+            training starts) class names or input channels that differ from the student's.
         TypeError: A teacher that is neither an ``nn.Module`` nor has ``run``.
 
     Example:
@@ -149,6 +163,8 @@ class Distillation(Callback):
         else:
             self.sha256 = _weights_sha256(teacher) if isinstance(teacher, nn.Module) else None
         self._shift: tuple[torch.Tensor, torch.Tensor] | None = None
+        #: The teacher's ``(C, H, W)`` from its data config; ``None``: it takes the student's inputs as they are.
+        self.input_size = _input_size(getattr(teacher, "data_config", None))
 
     @property
     def state_key(self) -> str:
@@ -164,6 +180,7 @@ class Distillation(Callback):
             "sha256": self.sha256,
             "alpha": self.alpha,
             "temperature": self.temperature,
+            "teacher_input_size": None if self.input_size is None else list(self.input_size),
         }
 
     # ---------------------------------------------------------------- hooks
@@ -182,6 +199,9 @@ class Distillation(Callback):
                 f"student's {student[:10]}{'...' if len(student) > 10 else ''}: distil from a teacher trained on the "
                 "same classes, in the same order"
             )
+        student_size = _input_size(getattr(getattr(pl_module, "hparams", {}), "get", lambda key: None)("data_config"))
+        if student_size is not None:
+            self._check_channels(student_size[0])
         if isinstance(self.teacher, nn.Module):
             self.teacher.to(pl_module.device).eval().requires_grad_(False)
         self._shift = self._renormalisation(pl_module)
@@ -215,12 +235,32 @@ class Distillation(Callback):
         shift = torch.tensor((s_mean - t_mean) / t_std, dtype=torch.float32).view(1, -1, 1, 1)
         return scale, shift
 
+    def _check_channels(self, channels: int) -> None:
+        if self.input_size is not None and channels != self.input_size[0]:
+            raise ValueError(
+                f"the teacher takes {self.input_size[0]}-channel images (its data_config input_size is "
+                f"{list(self.input_size)}), but the student's have {channels} channels: distil from a teacher with "
+                "the student's number of input channels"
+            )
+
     @torch.no_grad()
     def teacher_logits(self, x: torch.Tensor) -> torch.Tensor:
-        """The teacher's logits for the student's (normalised, possibly mixed) inputs ``x``."""
+        """The teacher's logits for the student's (normalised, possibly mixed) inputs ``x``.
+
+        Resized to the teacher's input size first when it has another one.
+
+        Raises:
+            ValueError: ``x`` has another number of channels than the teacher takes.
+        """
         if self._shift is not None:
             scale, shift = self._shift
             x = x * scale.to(x) + shift.to(x)
+        if self.input_size is not None:
+            self._check_channels(x.shape[1])
+            size = self.input_size[1:]
+            if tuple(x.shape[-2:]) != size:
+                shrink = size[0] < x.shape[-2] or size[1] < x.shape[-1]
+                x = F.interpolate(x, size=size, mode="bilinear", align_corners=False, antialias=shrink)
         if isinstance(self.teacher, nn.Module):
             return self.teacher(x).float()
         logits = self.teacher.run(x.detach().float().cpu().numpy())

@@ -35,9 +35,11 @@ __all__ = [
     "TrackedRun",
     "TrackerConfig",
     "create_loggers",
+    "finish_loggers",
     "log_artifacts",
     "log_figure_to",
     "log_report",
+    "mlflow_tracking_uri",
     "run_summary",
 ]
 
@@ -59,9 +61,13 @@ class TrackerConfig:
         wandb_project: The W&B project; ``None``: ``experiment``.
         wandb_mode: ``"online"``, ``"offline"`` (files only, ``wandb sync`` later) or ``"disabled"``;
             ``None``: W&B's own setting (``WANDB_MODE``).
+        wandb_group: The W&B run group (``auto_fit`` puts a search's runs in one group); ``None``: none.
+        parent_run_id: MLflow: start the run nested under this run (the tag ``mlflow.parentRunId``;
+            ``auto_fit`` nests each trial under the search's run); ``None``: a top-level run.
+        mlflow_run_id: MLflow: log into this existing run instead of starting a new one; ``None``: a new run.
 
     Raises:
-        ValueError: A bad ``wandb_mode`` or tag.
+        ValueError: A bad ``wandb_mode``, tag or run id.
     """
 
     experiment: str | None = None
@@ -70,10 +76,17 @@ class TrackerConfig:
     mlflow_tracking_uri: str | None = None
     wandb_project: str | None = None
     wandb_mode: str | None = None
+    wandb_group: str | None = None
+    parent_run_id: str | None = None
+    mlflow_run_id: str | None = None
 
     def __post_init__(self) -> None:
         if self.wandb_mode is not None and self.wandb_mode not in WANDB_MODES:
             raise ValueError(f"`wandb_mode` must be one of {', '.join(WANDB_MODES)} or None, got {self.wandb_mode!r}")
+        for name in ("wandb_group", "parent_run_id", "mlflow_run_id"):
+            value = getattr(self, name)
+            if value is not None and (not isinstance(value, str) or not value.strip()):
+                raise ValueError(f"`{name}` must be a non-empty string or None, got {value!r}")
         if isinstance(self.tags, str) or not all(isinstance(t, str) and t.strip() for t in self.tags):
             raise ValueError(f"`tags` must be a list of non-empty strings ('key=value' or words), got {self.tags!r}")
         self.tags = tuple(self.tags)
@@ -97,22 +110,44 @@ def _csv(output_dir: Path, config: TrackerConfig) -> Logger:
     return CSVLogger(save_dir=str(output_dir), name="csv")
 
 
-def _mlflow(output_dir: Path, config: TrackerConfig) -> Logger:
-    _require("mlflow", "mlflow", "mlflow")
+def mlflow_tracking_uri(config: TrackerConfig, output_dir: str | Path) -> str:
+    """The MLflow tracking URI a run of ``output_dir`` logs to.
+
+    ``config.mlflow_tracking_uri``, else ``MLFLOW_TRACKING_URI``; a folder, or
+    neither (then ``output_dir``), becomes an SQLite store ``mlflow.db`` in it
+    (MLflow 3 refuses its plain file store by default).
+
+    Args:
+        config: The trackers' options.
+        output_dir: The run folder.
+
+    Returns:
+        A URI such as ``"sqlite:////abs/run/mlflow.db"`` or ``"http://host:5000"``.
+    """
     uri = config.mlflow_tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
-    # MLflow 3 refuses its file store by default: a folder (or none: the run folder) gets an SQLite store in it.
     if not uri or ":" not in uri or Path(uri).expanduser().is_dir():
-        folder = Path(uri).expanduser() if uri else output_dir
+        folder = Path(uri).expanduser() if uri else Path(output_dir)
         folder.mkdir(parents=True, exist_ok=True)
         uri = f"sqlite:///{(folder / 'mlflow.db').resolve()}"
-    # A database store keeps files in the working folder's ./mlruns unless told: keep them in the run folder.
+    return uri
+
+
+def _mlflow(output_dir: Path, config: TrackerConfig) -> Logger:
+    _require("mlflow", "mlflow", "mlflow")
+    uri = mlflow_tracking_uri(config, output_dir)
+    tags = config.tag_dict()
+    if config.parent_run_id is not None:
+        tags["mlflow.parentRunId"] = config.parent_run_id  # MLflow's own tag of a nested run
+    # A database store keeps files in the working folder's ./mlruns unless told: keep them in the run folder
+    # (this only applies when the experiment is created).
     local_db = uri.startswith("sqlite:")
     return MLFlowLogger(
         experiment_name=config.experiment or "autotimm",
         run_name=config.run_name,
         tracking_uri=uri,
-        tags=config.tag_dict() or None,
+        tags=tags or None,
         artifact_location=(output_dir / "mlartifacts").resolve().as_uri() if local_db else None,
+        run_id=config.mlflow_run_id,
     )
 
 
@@ -121,6 +156,8 @@ def _wandb(output_dir: Path, config: TrackerConfig) -> Logger:
     kwargs: dict[str, Any] = {}
     if config.wandb_mode is not None:
         kwargs["mode"] = config.wandb_mode
+    if config.wandb_group is not None:
+        kwargs["group"] = config.wandb_group
     output_dir.mkdir(parents=True, exist_ok=True)
     return WandbLogger(
         name=config.run_name,
@@ -182,6 +219,22 @@ def create_loggers(logger: Any, output_dir: str | Path, config: TrackerConfig | 
         else:
             raise ValueError(f"`logger` must be {accepted}; got {item!r}")
     return loggers
+
+
+def finish_loggers(loggers: Sequence[Logger], status: str = "success") -> None:
+    """End the trackers' runs: each logger is finalized, and W&B's run is flushed and closed (offline: files complete).
+
+    A W&B run left open would take the next ``WandbLogger``'s logs (W&B
+    keeps one run per process), so every run made by name ends with this.
+
+    Args:
+        loggers: The loggers (``trainer.loggers``).
+        status: The runs' end status: ``"success"``, ``"failed"`` or ``"finished"``.
+    """
+    for logger in loggers:
+        logger.finalize(status)
+        if isinstance(logger, WandbLogger):
+            logger.experiment.finish(exit_code=0 if status != "failed" else 1)
 
 
 # ----------------------------------------------------------------------------------------------- what is sent

@@ -89,6 +89,8 @@ class AutoTrainer(pl.Trainer):
       checkpoints inside the epoch, written to the same ``last.ckpt``,
     - atomic checkpoint writes and ``weights_only=True`` loads
       ([`SafeCheckpointIO`][autotimm.training.checkpointing.SafeCheckpointIO]),
+      for every ``ckpt_path`` of ``fit``, ``validate``, ``test`` and
+      ``predict``, with or without ``enable_checkpointing``,
     - a refusal to train into a folder that already holds a run, unless
       ``fit(resume=...)`` or ``overwrite=True``,
     - a [`TrainingHistory`][autotimm.training.curves.TrainingHistory] writing
@@ -195,9 +197,10 @@ class AutoTrainer(pl.Trainer):
         ours += self._monitored_callbacks(monitor, mode or metric_mode(monitor))
         if self._checkpointing:
             ours += [self._last_checkpoint(), *self._recovery_checkpoints(), ResumeState()]
-            # (not when a strategy object brings a checkpoint IO of its own: Lightning refuses two)
-            if getattr(trainer_kwargs.get("strategy"), "_checkpoint_io", None) is None:
-                trainer_kwargs["plugins"] = _with_safe_checkpoint_io(trainer_kwargs.get("plugins"))
+        # Atomic writes, and safe loads for fit/validate/test/predict(ckpt_path=...) with or without checkpointing
+        # (not when a strategy object brings a checkpoint IO of its own: Lightning refuses two).
+        if getattr(trainer_kwargs.get("strategy"), "_checkpoint_io", None) is None:
+            trainer_kwargs["plugins"] = _with_safe_checkpoint_io(trainer_kwargs.get("plugins"))
         if seed is not None:
             ours.append(_RankSeed(seed))
         if self._fits_log_interval:
@@ -331,7 +334,7 @@ class AutoTrainer(pl.Trainer):
         """
         if self._tuning:  # the Tuner's own trial runs
             with quiet_lightning(LOG_INTERVAL_WARNING):
-                super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, weights_only)
+                super().fit(model, train_dataloaders, val_dataloaders, datamodule, ckpt_path, _safe(weights_only))
             return
         if isinstance(train_dataloaders, pl.LightningDataModule):
             if datamodule is not None:
@@ -342,7 +345,7 @@ class AutoTrainer(pl.Trainer):
             features, datamodule = datamodule, _feature_source(model, datamodule)
         # Before anything is written into output_dir (the data module's split file, then checkpoints).
         ckpt_path = self._resume_from(resume, ckpt_path)
-        weights_only = True if weights_only is None else weights_only
+        weights_only = _safe(weights_only)
         if datamodule is not None:
             if hasattr(datamodule, "use_run_dir"):
                 datamodule.use_run_dir(self.output_dir)
@@ -410,10 +413,14 @@ class AutoTrainer(pl.Trainer):
         datamodule: pl.LightningDataModule | None = None,
         weights_only: bool | None = None,
     ) -> Any:
-        """``pytorch_lightning.Trainer.validate``, with the data module configured for the model's backbone first."""
+        """``pytorch_lightning.Trainer.validate``, with the data module configured for the model's backbone first.
+
+        ``ckpt_path`` is loaded with ``weights_only=True`` (local files and
+        URLs alike) unless ``weights_only=False`` is passed, as in `fit`.
+        """
         _configure_for(model or self.lightning_module, dataloaders, datamodule)
         with quiet_lightning():
-            return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+            return super().validate(model, dataloaders, ckpt_path, verbose, datamodule, _safe(weights_only))
 
     def test(  # type: ignore[override]
         self,
@@ -424,10 +431,14 @@ class AutoTrainer(pl.Trainer):
         datamodule: pl.LightningDataModule | None = None,
         weights_only: bool | None = None,
     ) -> Any:
-        """``pytorch_lightning.Trainer.test``, with the data module configured for the model's backbone first."""
+        """``pytorch_lightning.Trainer.test``, with the data module configured for the model's backbone first.
+
+        ``ckpt_path`` is loaded with ``weights_only=True`` (local files and
+        URLs alike) unless ``weights_only=False`` is passed, as in `fit`.
+        """
         _configure_for(model or self.lightning_module, dataloaders, datamodule)
         with quiet_lightning():
-            return super().test(model, dataloaders, ckpt_path, verbose, datamodule, weights_only)
+            return super().test(model, dataloaders, ckpt_path, verbose, datamodule, _safe(weights_only))
 
     def predict(  # type: ignore[override]
         self,
@@ -442,10 +453,12 @@ class AutoTrainer(pl.Trainer):
 
         So a checkpoint loaded in a new process is evaluated with the
         preprocessing (input channels, size, mean, std) it was trained with.
+        ``ckpt_path`` is loaded with ``weights_only=True`` (local files and
+        URLs alike) unless ``weights_only=False`` is passed, as in `fit`.
         """
         _configure_for(model or self.lightning_module, dataloaders, datamodule)
         with quiet_lightning():
-            return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, weights_only)
+            return super().predict(model, dataloaders, datamodule, return_predictions, ckpt_path, _safe(weights_only))
 
 
 def _configure_for(model: pl.LightningModule | None, dataloaders: Any, datamodule: Any) -> None:
@@ -548,6 +561,15 @@ def _check_checkpointing(overwrite: Any, every_n_steps: Any) -> None:
     if not isinstance(overwrite, bool):
         raise ValueError(f"`overwrite` must be True or False, got {overwrite!r}")
     require_number("checkpoint_every_n_steps", every_n_steps, 1, integer=True, allow_none=True)
+
+
+def _safe(weights_only: bool | None) -> bool:
+    """``weights_only`` for a checkpoint load: ``True`` unless ``False`` was passed explicitly.
+
+    Passed to Lightning as well as set by `SafeCheckpointIO`, so that a
+    checkpoint IO of the user's or of a strategy loads safely too.
+    """
+    return True if weights_only is None else weights_only
 
 
 def _with_safe_checkpoint_io(plugins: Any) -> list[Any]:
