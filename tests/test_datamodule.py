@@ -149,7 +149,7 @@ def test_exactly_one_source(kwargs, named):
         ({"data_dir": "d", "in_chans": 4}, r"`in_chans` must be one of \[1, 3\], got 4"),
         ({"data_dir": "d", "class_weights": "inverse"}, "`class_weights` must be 'balanced' or None, got 'inverse'"),
         ({"data_dir": "d", "image_size": 0}, "`image_size` must be a positive int"),
-        ({"data_dir": "d", "augmentation": "strong"}, r"`augmentation` must be one of \['none', 'light', .*'strong'"),
+        ({"data_dir": "d", "augmentation": "strong"}, r"`augmentation` must be one of \['auto', 'none', 'light', .*'strong'"),
     ],
 )
 def test_bad_arguments_are_named(kwargs, message):
@@ -273,7 +273,7 @@ def test_derived_from_shares_the_data_and_changes_only_what_is_given(tmp_path):
     config = dm.data_config
     copy = ImageDataModule.derived_from(dm, batch_size=4, augmentation="none")
     assert type(copy) is ImageDataModule and copy.trainer is None and copy.output_dir is None
-    assert (copy.batch_size, copy.augmentation, dm.batch_size, dm.augmentation) == (4, "none", 8, "light")
+    assert (copy.batch_size, copy.augmentation, dm.batch_size, dm.augmentation) == (4, "none", 8, "auto")
     assert copy.tables["train"] is dm.tables["train"] and copy.class_names == dm.class_names
     assert copy.data_config == config and dm.output_dir == tmp_path / "out"
     small = ImageDataModule.derived_from(dm, tables={"train": dm.tables["train"].subset([0, 1, 2])})
