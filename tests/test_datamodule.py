@@ -183,8 +183,12 @@ def test_bad_image_raises_naming_it_or_is_skipped_with_one_warning(tmp_path):
     (tmp_path / "d" / "a" / "0.png").write_bytes(b"\x89PNG broken")
     (tmp_path / "d" / "b" / "3.png").write_bytes((tmp_path / "d" / "b" / "1.png").read_bytes()[:50])
     with pytest.raises(ValueError, match=r"Cannot read image file .*a/0\.png.*1 more bad files.*skip_bad_images"):
+        ImageDataModule(tmp_path / "d", output_dir=None, check_images="full").setup()
+    with pytest.raises(ValueError, match=r"Cannot read image file .*a/0\.png'.*skip_bad_images"):  # header: 1 file
         ImageDataModule(tmp_path / "d", output_dir=None).setup()
-    dm = ImageDataModule(tmp_path / "d", output_dir=None, skip_bad_images=True, val_split=0.0, test_split=0.0)
+    dm = ImageDataModule(
+        tmp_path / "d", output_dir=None, skip_bad_images=True, val_split=0.0, test_split=0.0, check_images="full"
+    )
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
         dm.setup()

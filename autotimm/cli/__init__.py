@@ -40,6 +40,7 @@ COMMANDS = (
     "cv",
     "evaluate",
     "predict",
+    "shard",
     "explain",
     "export",
     "push",

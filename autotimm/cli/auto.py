@@ -72,6 +72,9 @@ class AutoConfig:
         precision: Lightning precision: 32-true, 16-mixed, bf16-mixed, ...; null: the preset's choice
             (bf16-mixed for small images trained from scratch by "fast" on CPUs with native bf16, else 32-true).
         dataset_root: Where built-in datasets are cached; null for ~/.cache/autotimm/datasets.
+        check_images: How image files are checked before training: header (open each file's header: fast; a file
+            that fails to decode later is skipped, counted and listed in bad_images.txt), full (decode every file
+            first: finds truncated files, slow on large folders) or none.
         workers: Trials run at once, each in its own process (one GPU each, or a share of the CPU cores);
             null: one per GPU, one without GPUs.
         storage: Optuna storage URL of the study, e.g. postgresql://user:password@host/db for several machines
@@ -119,6 +122,7 @@ class AutoConfig:
     strategy: str = "auto"
     precision: str | None = None
     dataset_root: str | None = None
+    check_images: Literal["header", "full", "none"] = "header"
     workers: int | None = field(default=None, metadata=number(1))
     storage: str | None = None
     study_name: str | None = None
@@ -212,6 +216,7 @@ def run(config: AutoConfig) -> int:
         test_split=config.test_split,
         seed=config.seed,
         output_dir=output_dir,
+        check_images=config.check_images,
     )
     if not config.join:  # a worker leaves the search's own config.yaml alone
         write_config(config, output_dir)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Literal
 
 from autotimm.cli.options import number
 
@@ -50,6 +51,9 @@ class CvConfig:
         accelerator: Lightning accelerator: auto, cpu, gpu, ...
         num_workers: Data-loading processes (>= 0); null for one per CPU core, up to 8.
         dataset_root: Where built-in datasets are cached.
+        check_images: How image files are checked before training: header (open each file's header: fast; a file
+            that fails to decode later is skipped, counted and listed in bad_images.txt), full (decode every file
+            first: finds truncated files, slow on large folders) or none.
         output_dir: The cross-validation's folder (one fold_<i> run folder per fold).
     """
 
@@ -73,6 +77,7 @@ class CvConfig:
     accelerator: str = "auto"
     num_workers: int | None = field(default=None, metadata=number(0))
     dataset_root: str | None = None
+    check_images: Literal["header", "full", "none"] = "header"
     output_dir: str = "autotimm_output/cv"
 
 
@@ -112,6 +117,7 @@ def run(config: CvConfig) -> int:
         augmentation=config.augmentation,
         batch_size=config.batch_size,
         num_workers=config.num_workers,
+        check_images=config.check_images,
     )
     model = {
         "backbone": BackboneConfig(config.backbone, pretrained=config.pretrained),

@@ -106,6 +106,9 @@ class TrainConfig:
         early_stopping_patience: Stop after this many epochs without a better validation metric (>= 0); null never
             stops early.
         dataset_root: Where built-in datasets are downloaded and cached; null for ~/.cache/autotimm/datasets.
+        check_images: How image files are checked before training: header (open each file's header: fast; a file
+            that fails to decode later is skipped, counted and listed in bad_images.txt), full (decode every file
+            first: finds truncated files, slow on large folders) or none.
         calibrate: After training, fit a temperature on the validation split (temperature scaling) and write the
             calibrated best model to model.ckpt in the run folder; the ECE before and after is printed.
         resume: Continue the run in RUN_DIR (its checkpoints/last.ckpt), or from a .ckpt file; --resume alone
@@ -172,6 +175,7 @@ class TrainConfig:
     num_workers: int | None = field(default=None, metadata=number(0))
     early_stopping_patience: int | None = field(default=None, metadata=number(0))
     dataset_root: str | None = None
+    check_images: Literal["header", "full", "none"] = "header"
     calibrate: bool = False
     resume: str | None = field(default=None, metadata=optional_value("last"))
     resume_force: bool = False
@@ -198,7 +202,7 @@ INVOCATION_OPTIONS = ("resume", "resume_force", "overwrite")
 #: Options a resumed run may change without --resume-force. ``epochs`` changes the run's length, and with it the
 #: length of a per-step learning-rate schedule (cosine, onecycle) from the resumed step on; the others change
 #: how data is loaded and how often checkpoints are written, not what is trained.
-CHANGEABLE_ON_RESUME = ("epochs", "num_workers", "checkpoint_every_n_steps", "checkpoint_every")
+CHANGEABLE_ON_RESUME = ("epochs", "num_workers", "check_images", "checkpoint_every_n_steps", "checkpoint_every")
 
 _PATH_OPTIONS = ("data", "output_dir", "dataset_root", "checkpoint_path")
 
@@ -487,6 +491,7 @@ def run(config: TrainConfig) -> int:
         augmentation=config.augmentation,
         batch_size=config.batch_size,
         num_workers=config.num_workers,
+        check_images=config.check_images,
     )
     datamodule.setup("fit")  # the classes come from the data
     has_val = "val" in datamodule.splits

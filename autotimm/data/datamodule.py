@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 from torch import nn
@@ -13,12 +14,24 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 
 from autotimm.checks import require_number
 from autotimm.data.array_batches import BATCHED_AUGMENTATIONS, ArrayBatchDataset, supports_batched_arrays
+from autotimm.data.bad_images import BadImageMonitor, BadImageTracker
 from autotimm.data.csv_source import read_csv_files
 from autotimm.data.dataset import ImageDataset
-from autotimm.data.images import image_mode
+from autotimm.data.decoding import eval_draft_size
+from autotimm.data.hf_source import (
+    DEFAULT_SHUFFLE_BUFFER,
+    HFStreamDataset,
+    HFStreamTable,
+    hf_description,
+    open_hf_dataset,
+    read_hf_dataset,
+    read_hf_stream,
+)
+from autotimm.data.images import check_images_mode, image_mode
 from autotimm.data.loaders import default_num_workers, make_loader
 from autotimm.data.resumable import ResumableDataLoader, ResumableSampler
 from autotimm.data.sampling import balanced_class_weights, class_counts, sample_weights
+from autotimm.data.shards import ShardDecoder, ShardTable, is_streaming_dataset, open_shards, streaming_loader
 from autotimm.data.sources import (
     SampleTable,
     SourceData,
@@ -54,6 +67,10 @@ _SOURCE_ARGUMENTS = {
     "class_names",
     "dataset",
     "dataset_root",
+    "hf_dataset",
+    "split",
+    "streaming",
+    "shards",
 }
 _DataModuleT = TypeVar("_DataModuleT", bound="ImageDataModule")
 
@@ -64,6 +81,48 @@ def _check_augmentation_argument(augmentation: Any) -> None:
     elif not callable(augmentation):
         raise ValueError(
             f"`augmentation` must be one of {list_augmentation_presets()} or a transform, got {augmentation!r}"
+        )
+
+
+def _check_hf_arguments(
+    hf_dataset: Any, split: Any, streaming: Any, shuffle_buffer: Any, balanced_sampling: bool, class_weights: Any
+) -> None:
+    """Refuse the Hugging Face options without ``hf_dataset``, and what a streamed split cannot do."""
+    for name, value, default in (("split", split, None), ("streaming", streaming, False)):
+        if value != default and hf_dataset is None:
+            raise ValueError(f"`{name}` needs `hf_dataset`, got {name}={value!r} without it")
+    if not isinstance(streaming, bool):
+        raise ValueError(f"`streaming` must be True or False, got {streaming!r}")
+    if split is not None and (not isinstance(split, str) or not split):
+        raise ValueError(f"`split` must be a split name such as 'train', got {split!r}")
+    require_number("shuffle_buffer", shuffle_buffer, 1, integer=True)
+    if streaming and (balanced_sampling or class_weights is not None):
+        raise ValueError(
+            "`balanced_sampling` and `class_weights` need the class counts, which a streamed `hf_dataset` does not "
+            "know before reading it all; use streaming=False for them"
+        )
+
+
+def _check_shard_arguments(shards: Any, storage_options: Any, arguments: dict[str, Any]) -> None:
+    """Refuse ``shards`` together with another source, and what streamed shards cannot do."""
+    if storage_options is not None and shards is None:
+        raise ValueError("`storage_options` needs `shards`, got storage_options without it")
+    if shards is None:
+        return
+    if not isinstance(shards, (str, Path)) or not str(shards):
+        raise ValueError(f"`shards` must be a folder or an object-store URL ('s3://bucket/prefix'), got {shards!r}")
+    sources = ("data_dir", "train_csv", "images", "dataset", "hf_dataset")
+    others = [name for name in sources if arguments[name] is not None]
+    if others:
+        given = ", ".join(f"{name}={arguments[name]!r}" for name in others)
+        raise ValueError(
+            f"`shards` and `{'`, `'.join(others)}` were both given (shards={str(shards)!r}, {given}): pass one source. "
+            "A shard folder already holds the data and its split; write it from a source with `autotimm shard`"
+        )
+    if arguments["balanced_sampling"]:
+        raise ValueError(
+            "`balanced_sampling` cannot draw from streamed `shards` (LitData reads each shard in turn); use "
+            "class_weights='balanced' instead"
         )
 
 
@@ -78,7 +137,7 @@ class ImageDataModule(pl.LightningDataModule):
     """Image classification data from a folder, CSV files, arrays or a built-in dataset.
 
     Pass exactly one source: ``data_dir``, ``train_csv``, ``images`` with
-    ``labels``, or ``dataset``. Missing validation/test splits are carved from
+    ``labels``, ``dataset``, or ``hf_dataset``. Missing validation/test splits are carved from
     the training data (stratified, seeded) and recorded in
     ``output_dir/splits.json``, which later runs reuse; by default 20% for
     validation and 10% for a held-out test split, as ``autotimm train`` does.
@@ -103,6 +162,19 @@ class ImageDataModule(pl.LightningDataModule):
         class_names: Class names in label order for ``images``.
         dataset: A built-in dataset name (see ``list_builtin_datasets()``).
         dataset_root: Where the built-in dataset is cached.
+        hf_dataset: A Hugging Face dataset: a ``datasets.Dataset`` / ``DatasetDict``, a folder
+            written by ``save_to_disk``, Parquet file(s) (a path, folder or glob) or a Hub name
+            (needs the ``hf`` extra). Its ``Image`` and ``ClassLabel`` columns are used unless
+            ``image_column`` / ``label_column`` name others; class names come from the
+            ``ClassLabel`` (or ``class_names`` for integer labels). A ``DatasetDict``'s
+            ``train``, ``validation`` and ``test`` splits are used as given. See
+            [`open_hf_dataset`][autotimm.data.hf_source.open_hf_dataset].
+        split: With ``hf_dataset``: the one split to use as the training pool (e.g. ``"train"``,
+            or ``"train[:10%]"`` for a Hub name); validation/test are then carved from it.
+        streaming: With ``hf_dataset``: read it as an ``IterableDataset`` while training (no
+            full download, no split carving), shuffled with a buffer and split across
+            ranks and loader workers (see [`HFStreamDataset`][autotimm.data.hf_source.HFStreamDataset]).
+        shuffle_buffer: Examples in the shuffle buffer of a streamed training split.
         val_split: Fraction of the training data held out for validation when
             the source has no validation split, in ``[0, 1)``.
         test_split: Fraction held out for testing when the source has no test
@@ -126,6 +198,31 @@ class ImageDataModule(pl.LightningDataModule):
             proportional to their class frequency.
         class_weights: ``"balanced"`` to compute `class_weights_tensor`, or ``None``.
         skip_bad_images: Skip unreadable image files with one warning instead of raising.
+        check_images: How image files are checked at set-up: ``"header"`` opens each file and
+            reads its header only (format and size; fast, tens of thousands of files per
+            second), ``"full"`` decodes every file (finds truncated files too; slow on large
+            folders), ``"none"`` trusts the files. A file that fails to decode later is
+            skipped while training (see ``max_bad_fraction``).
+        max_bad_fraction: Files that fail to decode while training or evaluating are
+            replaced by the next readable sample of their split, counted
+            (``train/bad_images``) and listed in ``bad_images.txt`` in the run folder; when
+            more than this share of a split is bad, the run stops
+            ([`TooManyBadImagesError`][autotimm.data.bad_images.TooManyBadImagesError]).
+            In ``[0, 1]``.
+        shards: A shard folder written by ``autotimm shard`` (or
+            [`write_shards`][autotimm.data.shards.write_shards]), or its object-store URL
+            (``s3://bucket/prefix``, ``gs://``, ``azure://``): trained through LitData's
+            ``StreamingDataset`` (the ``stream`` extra), shuffled across shards, a disjoint
+            part per rank and loader worker, resumable mid-epoch. Its splits and class names
+            are the ones written; nothing is carved or checked. See
+            [`open_shards`][autotimm.data.shards.open_shards].
+        storage_options: With ``shards`` in object storage: credentials and settings of the
+            store, as LitData takes them (default: the store's usual environment variables
+            and configuration files).
+        draft_decode: Decode JPEG files reduced (libjpeg's DCT scaling) where the transform
+            needs fewer pixels than the file has: evaluation images to twice the resize
+            target, training crops to their output size (see `autotimm.data.decoding`).
+            Only with autotimm's own transforms; ``False`` decodes every file in full.
 
     Raises:
         ValueError: No source or several, or an argument out of range; the
@@ -149,6 +246,10 @@ class ImageDataModule(pl.LightningDataModule):
         class_names: Sequence[str] | None = None,
         dataset: str | None = None,
         dataset_root: str | Path | None = None,
+        hf_dataset: Any = None,
+        split: str | None = None,
+        streaming: bool = False,
+        shuffle_buffer: int = DEFAULT_SHUFFLE_BUFFER,
         val_split: float = 0.2,
         test_split: float = 0.1,
         seed: int = 42,
@@ -163,25 +264,34 @@ class ImageDataModule(pl.LightningDataModule):
         balanced_sampling: bool = False,
         class_weights: str | None = None,
         skip_bad_images: bool = False,
+        check_images: str = "header",
+        max_bad_fraction: float = 0.01,
+        draft_decode: bool = True,
+        shards: str | Path | None = None,
+        storage_options: dict[str, Any] | None = None,
     ) -> None:
         super().__init__()
+        _check_shard_arguments(shards, storage_options, locals())
         given = {
             "data_dir": data_dir is not None,
             "train_csv": train_csv is not None,
             "images": images is not None or labels is not None,
             "dataset": dataset is not None,
+            "hf_dataset": hf_dataset is not None,
+            "shards": shards is not None,
         }
         chosen = [name for name, present in given.items() if present]
         if len(chosen) != 1:
             raise ValueError(
                 "ImageDataModule needs exactly one data source: `data_dir`, `train_csv`, `images` with `labels`, "
-                f"or `dataset`; got {chosen or 'none'}"
+                f"`dataset` or `hf_dataset`; got {chosen or 'none'}"
             )
         if (images is None) != (labels is None):
             raise ValueError("`images` and `labels` must be given together")
         for name, value in (("val_csv", val_csv), ("test_csv", test_csv), ("image_dir", image_dir)):
             if value is not None and train_csv is None:
                 raise ValueError(f"`{name}` needs `train_csv`, got {name}={str(value)!r} without it")
+        _check_hf_arguments(hf_dataset, split, streaming, shuffle_buffer, balanced_sampling, class_weights)
         require_number("val_split", val_split, 0, 1)
         require_number("test_split", test_split, 0, 1)
         if val_split + test_split >= 1:
@@ -196,6 +306,10 @@ class ImageDataModule(pl.LightningDataModule):
         _check_augmentation_argument(augmentation)
         if class_weights not in (None, "balanced"):
             raise ValueError(f"`class_weights` must be 'balanced' or None, got {class_weights!r}")
+        check_images_mode(check_images)
+        require_number("max_bad_fraction", max_bad_fraction, 0, 1, high_closed=True)
+        if not isinstance(draft_decode, bool):
+            raise ValueError(f"`draft_decode` must be True or False, got {draft_decode!r}")
 
         self.source = chosen[0]
         self._source_args = {name: value for name, value in locals().items() if name in _SOURCE_ARGUMENTS}
@@ -215,10 +329,18 @@ class ImageDataModule(pl.LightningDataModule):
         self.balanced_sampling = balanced_sampling
         self.class_weights = class_weights
         self.skip_bad_images = skip_bad_images
+        self.check_images = check_images
+        self.max_bad_fraction = max_bad_fraction
+        self.draft_decode = draft_decode
+        self._bad_images: dict[str, BadImageTracker] = {}
+        self.shuffle_buffer = shuffle_buffer
         self._data_config: dict[str, Any] | None = None
         self._tables: dict[str, SampleTable] | None = None
         self._class_names: list[str] = []
         self._multi_label = False
+        self.storage_options = storage_options
+        self._streaming_loader: Any = None  # the training StreamingDataLoader, whose position checkpoints keep
+        self._streaming_state: dict[str, Any] | None = None  # a position to resume from, until the loader exists
 
     # ------------------------------------------------------------------ configuration
     def configure_for(self, backbone: nn.Module) -> ImageDataModule:
@@ -306,6 +428,7 @@ class ImageDataModule(pl.LightningDataModule):
         new.__dict__.update(base.__dict__)  # the same source, settings and decoded tables
         new.trainer = None
         new.output_dir = None  # the base wrote the split file; copies never rewrite it
+        new._bad_images = {}  # its own marks: its tables may differ
         new._output_dir_chosen = True
         if tables is not None:
             new._tables = dict(tables)
@@ -372,6 +495,11 @@ class ImageDataModule(pl.LightningDataModule):
             return read_csv_files(**{k: args[k] for k in _CSV_ARGUMENTS}, multi_label=args["multi_label"])
         if self.source == "images":
             return read_arrays(args["images"], args["labels"], args["class_names"])
+        if self.source == "hf_dataset":
+            splits = open_hf_dataset(args["hf_dataset"], args["split"], args["streaming"])
+            read = read_hf_stream if args["streaming"] else read_hf_dataset
+            columns = {k: args[k] for k in ("image_column", "label_column", "class_names")}
+            return read(splits, **columns, description=hf_description(args["hf_dataset"]))
         return read_builtin(args["dataset"], args["dataset_root"])
 
     def setup(self, stage: str | None = None) -> None:
@@ -387,10 +515,18 @@ class ImageDataModule(pl.LightningDataModule):
         """
         if self._tables is not None:
             return
-        source = drop_bad_images(self._read_source(), self.skip_bad_images)
+        if self.source == "shards":  # written split by split by `autotimm shard`: nothing to list, check or carve
+            self._tables, record = open_shards(self._source_args["shards"], self.storage_options)
+            self._class_names = [str(name) for name in record["class_names"]]
+            self._multi_label = bool(record.get("multi_label", False))
+            return
+        source = drop_bad_images(self._read_source(), self.skip_bad_images, self.check_images)
         if len(source.class_names) < 2 and not source.multi_label:
             raise ValueError(f"A classifier needs at least 2 classes; {source.description} has {source.class_names}")
-        self._tables = resolve_splits(source, self.val_split, self.test_split, self.seed, self.output_dir)
+        if isinstance(source.splits["train"], HFStreamTable):  # streamed: the splits as given, nothing carved
+            self._tables = dict(source.splits)
+        else:
+            self._tables = resolve_splits(source, self.val_split, self.test_split, self.seed, self.output_dir)
         self._class_names = list(source.class_names)
         self._multi_label = source.multi_label
 
@@ -436,7 +572,12 @@ class ImageDataModule(pl.LightningDataModule):
     def class_counts(self) -> dict[str, list[int]]:
         """Images per class in each split (for multi-label: images having the label), after `setup`."""
         tables = self._require_setup()
-        return {s: class_counts(t.targets, self.num_classes, self._multi_label).tolist() for s, t in tables.items()}
+        return {s: self._split_counts(t).tolist() for s, t in tables.items()}
+
+    def _split_counts(self, table: SampleTable) -> np.ndarray:
+        if isinstance(table, ShardTable):  # counted when the shards were written
+            return np.asarray(table.class_counts, dtype=np.int64)
+        return class_counts(table.targets, self.num_classes, self._multi_label)
 
     @property
     def class_weights_tensor(self) -> torch.Tensor | None:
@@ -447,7 +588,7 @@ class ImageDataModule(pl.LightningDataModule):
         if self.class_weights is None:
             return None
         train = self._require_setup()["train"]
-        return balanced_class_weights(class_counts(train.targets, self.num_classes, self._multi_label), len(train))
+        return balanced_class_weights(self._split_counts(train), len(train))
 
     # ------------------------------------------------------------------ datasets and loaders
     def dataset(self, split: str, augment: bool | None = None) -> ImageDataset:
@@ -484,7 +625,49 @@ class ImageDataModule(pl.LightningDataModule):
                 tables[split], self.num_classes, config, self.in_chans, self._multi_label, preset == "crop_flip"
             )
         transform = self.train_transform if augment else self.eval_transform
-        return ImageDataset(tables[split], len(self._class_names), transform, self.in_chans, self._multi_label)
+        if isinstance(tables[split], ShardTable):  # a LitData StreamingDataset, shuffled for training
+            decoder = ShardDecoder(transform, self.in_chans, self.num_classes, self._multi_label)
+            return tables[split].streaming_dataset(decoder, shuffle=split == "train" and augment, seed=self.seed)
+        if isinstance(tables[split], HFStreamTable):
+            rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            return tables[split].dataset(
+                transform, self.in_chans, augment, self.seed, self.shuffle_buffer, rank, world_size
+            )
+        draft = self.draft_decode and custom is None
+        return ImageDataset(
+            tables[split],
+            len(self._class_names),
+            transform,
+            self.in_chans,
+            self._multi_label,
+            draft_size=eval_draft_size(config) if draft and preset in ("none", "crop_flip") else None,
+            crop_draft=draft and augment,
+            bad_images=self._bad_image_tracker(split, tables[split]),
+        )
+
+    # ------------------------------------------------------------------ files that fail to decode
+    def _bad_image_tracker(self, split: str, table: SampleTable) -> BadImageTracker | None:
+        """The tracker of a file table's bad images, made once per split and table (in the main process)."""
+        if table.array is not None or table.root is None:
+            return None
+        tracker = self._bad_images.get(split)
+        if tracker is None or tracker.size != len(table) or tracker.paths.__self__ is not table:
+            tracker = BadImageTracker(split, table.path, len(table), self.max_bad_fraction)
+            self._bad_images[split] = tracker
+        self._attach_bad_image_monitor()
+        return tracker
+
+    @property
+    def bad_image_trackers(self) -> dict[str, BadImageTracker]:
+        """The [`BadImageTracker`][autotimm.data.bad_images.BadImageTracker] of each split whose loader was made."""
+        return dict(self._bad_images)
+
+    def _attach_bad_image_monitor(self) -> None:
+        """Add a [`BadImageMonitor`][autotimm.data.bad_images.BadImageMonitor] to the trainer, once."""
+        trainer = getattr(self, "trainer", None)
+        if trainer is None or any(isinstance(c, BadImageMonitor) and c.datamodule is self for c in trainer.callbacks):
+            return
+        trainer.callbacks.append(BadImageMonitor(self))
 
     @property
     def loader_workers(self) -> int:
@@ -498,6 +681,8 @@ class ImageDataModule(pl.LightningDataModule):
         return 0 if self._require_setup()["train"].array is not None else default_num_workers()
 
     def _loader(self, dataset: ImageDataset, batch_size: int | None = None, **kwargs: Any) -> DataLoader:
+        if is_streaming_dataset(dataset):  # shards: LitData's stateful loader
+            return streaming_loader(dataset, batch_size or self.batch_size, self.loader_workers, **kwargs)
         return make_loader(dataset, batch_size or self.batch_size, self.loader_workers, **kwargs)
 
     def train_dataloader(self) -> DataLoader:
@@ -507,6 +692,16 @@ class ImageDataModule(pl.LightningDataModule):
         (a batch of one breaks BatchNorm).
         """
         dataset = self.dataset("train")
+        if is_streaming_dataset(dataset):  # shards: shuffled by LitData, its position saved in checkpoints
+            loader = self._loader(dataset, drop_last=len(dataset) > self.batch_size)
+            if self._streaming_state is not None:
+                loader.load_state_dict(self._streaming_state)
+                self._streaming_state = None
+            self._streaming_loader = loader
+            return loader
+        if isinstance(dataset, HFStreamDataset):  # shuffled by the dataset itself, with a buffer
+            rows = self._require_setup()["train"].num_rows
+            return self._loader(dataset, drop_last=rows is None or rows > self.batch_size)
         drop_last = len(dataset) > self.batch_size
         if not self.balanced_sampling:  # an order that a run resumed inside an epoch can continue
             sampler = ResumableSampler(dataset, batch_size=self.batch_size)
@@ -552,3 +747,27 @@ class ImageDataModule(pl.LightningDataModule):
         """Batches of the test split, or of the validation split without one, in a fixed order."""
         tables = self._require_setup()
         return self._loader(self.dataset("test" if "test" in tables else "val"))
+
+    # ------------------------------------------------------------------ checkpoints
+    def state_dict(self) -> dict[str, Any]:
+        """With ``shards``: the training ``StreamingDataLoader``'s position, saved in checkpoints by Lightning.
+
+        So a run resumed from a checkpoint written in the middle of an epoch
+        continues that epoch with the samples it had not seen yet. Other sources
+        have nothing here (their loader is stateful itself).
+        """
+        if self._streaming_loader is not None:
+            return {"streaming_loader": self._streaming_loader.state_dict()}
+        if self._streaming_state is not None:  # restored, not trained yet: keep it for the next checkpoint
+            return {"streaming_loader": self._streaming_state}
+        return {}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Take back a position saved by `state_dict`: the next training loader starts there."""
+        state = state_dict.get("streaming_loader") if isinstance(state_dict, dict) else None
+        if state is None:
+            return
+        if self._streaming_loader is not None:
+            self._streaming_loader.load_state_dict(state)
+        else:
+            self._streaming_state = state

@@ -19,16 +19,19 @@ import numpy as np
 from PIL import ExifTags, Image, ImageOps
 
 __all__ = [
+    "CHECK_IMAGES_MODES",
     "IMAGE_EXTENSIONS",
     "READ_ERRORS",
     "STORED_SIZE_KEY",
     "ImageTooLargeError",
     "array_to_image",
     "check_images",
+    "check_images_mode",
     "convert_image",
     "decode_image",
     "image_mode",
     "list_image_files",
+    "list_image_names",
     "load_image",
     "read_problem",
     "unreadable_image_error",
@@ -202,7 +205,7 @@ def decode_image(
         return _upright(image)
 
 
-def load_image(path: str | Path, in_chans: int = 3) -> Image.Image:
+def load_image(path: str | Path, in_chans: int = 3, draft_size: tuple[int, int] | None = None) -> Image.Image:
     """Decode an image file with Pillow and convert it to ``in_chans`` channels.
 
     Decoded by ``decode_image``, so upright by its EXIF orientation. Grayscale,
@@ -213,6 +216,8 @@ def load_image(path: str | Path, in_chans: int = 3) -> Image.Image:
     Args:
         path: The image file.
         in_chans: 1 or 3.
+        draft_size: Decode a JPEG reduced (libjpeg's DCT scaling), to no less than this
+            ``(width, height)`` as the upright image is shown; ``None``: full size.
 
     Returns:
         The decoded image, fully loaded (the file is closed).
@@ -221,7 +226,7 @@ def load_image(path: str | Path, in_chans: int = 3) -> Image.Image:
         OSError: The file is missing, unreadable or truncated.
     """
     mode = image_mode(in_chans)
-    return _convert(decode_image(path), mode)
+    return _convert(decode_image(path, draft_size=draft_size), mode)
 
 
 def array_to_image(array: np.ndarray, in_chans: int = 3) -> Image.Image:
@@ -249,6 +254,58 @@ def _inside(folder: str, path: str) -> bool:
     return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
+def list_image_names(folder: str | os.PathLike[str]) -> list[str]:
+    """Image files under ``folder`` as POSIX paths relative to it, in the order of `list_image_files`.
+
+    The same search as `list_image_files` without building a ``Path`` per file: the
+    listing of a million-image folder stays a list of plain strings.
+
+    Args:
+        folder: The folder to search.
+
+    Returns:
+        Relative paths such as ``"sub/img.jpg"``, sorted by their parts (as ``Path`` objects sort).
+    """
+    root = os.fspath(folder)
+    found: list[str] = []
+    loops: list[str] = []
+
+    def walk(directory: str, prefix: str, chain: list[str]) -> None:
+        try:
+            with os.scandir(directory) as scan:
+                entries = sorted(scan, key=lambda entry: entry.name)
+        except OSError:  # unreadable or vanished: skipped, as os.walk and Path.rglob do
+            return
+        # Names sorted within each folder, folders walked depth-first: the order of the sorted parts.
+        for entry in entries:
+            name = entry.name
+            if name.startswith("."):
+                continue
+            try:
+                is_dir, is_link = entry.is_dir(), entry.is_symlink()
+            except OSError:
+                continue
+            if is_dir:
+                path = entry.path
+                real = os.path.realpath(path) if is_link else os.path.join(chain[-1], name)
+                if is_link and any(_inside(real, outer) for outer in chain):
+                    loops.append(f"{str(Path(path))!r} -> {real!r}")
+                    continue
+                walk(path, f"{prefix}{name}/", [*chain, real])
+            elif _is_image_name(name) and (entry.is_file() or (is_link and not os.path.exists(entry.path))):
+                found.append(prefix + name)
+
+    walk(root, "", [os.path.realpath(root)])
+    if loops:
+        warnings.warn(
+            f"Skipped {len(loops)} symlinked folder(s) under {str(Path(root))!r} that lead back to a folder they "
+            f"are in (a symlink loop): {', '.join(loops[:3])}{' ...' if len(loops) > 3 else ''}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return found
+
+
 def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
     """Image files under ``folder``, recursively and sorted, following symbolic links, skipping hidden names.
 
@@ -269,41 +326,7 @@ def list_image_files(folder: str | os.PathLike[str]) -> list[Path]:
         case-insensitive), sorted.
     """
     root = Path(folder)
-    found: list[Path] = []
-    loops: list[str] = []
-
-    def walk(directory: Path, chain: list[str]) -> None:
-        try:
-            with os.scandir(directory) as scan:
-                entries = sorted(scan, key=lambda entry: entry.name)
-        except OSError:  # unreadable or vanished: skipped, as os.walk and Path.rglob do
-            return
-        for entry in entries:
-            if entry.name.startswith("."):
-                continue
-            path = directory / entry.name
-            try:
-                is_dir, is_link = entry.is_dir(), entry.is_symlink()
-            except OSError:
-                continue
-            if is_dir:
-                real = os.path.realpath(path) if is_link else os.path.join(chain[-1], entry.name)
-                if is_link and any(_inside(real, outer) for outer in chain):
-                    loops.append(f"{str(path)!r} -> {real!r}")
-                    continue
-                walk(path, [*chain, real])
-            elif _is_image_name(entry.name) and (entry.is_file() or (is_link and not os.path.exists(path))):
-                found.append(path)
-
-    walk(root, [os.path.realpath(root)])
-    if loops:
-        warnings.warn(
-            f"Skipped {len(loops)} symlinked folder(s) under {str(root)!r} that lead back to a folder they are in "
-            f"(a symlink loop): {', '.join(loops[:3])}{' ...' if len(loops) > 3 else ''}",
-            UserWarning,
-            stacklevel=2,
-        )
-    return sorted(found)
+    return [root / name for name in list_image_names(folder)]
 
 
 #: What Pillow raises for a file it cannot read (``FileNotFoundError`` is an ``OSError``).
@@ -338,7 +361,36 @@ def usable_cores() -> int:
     return max(1, os.cpu_count() or 1)
 
 
-def _problem(path: Path) -> str | None:
+#: What ``check_images=`` accepts: how image files are checked when the data is set up.
+CHECK_IMAGES_MODES: dict[str, str] = {
+    "header": "open each file and read its header (format and size): missing, empty and non-image files fail",
+    "full": "decode every file in full, as training does: truncated and corrupt files fail too",
+    "none": "trust the files: nothing is opened until training reads it",
+}
+
+#: Files checked per batch of threads (bounds the number of pending futures on huge folders).
+_CHECK_CHUNK = 4096
+
+
+def check_images_mode(mode: str, argument: str = "check_images") -> str:
+    """Validate a ``check_images`` value.
+
+    Args:
+        mode: One of `CHECK_IMAGES_MODES`: ``"header"``, ``"full"`` or ``"none"``.
+        argument: The argument's name in the message.
+
+    Returns:
+        ``mode``.
+
+    Raises:
+        ValueError: Any other value; the message names the argument, the value and the accepted ones.
+    """
+    if not isinstance(mode, str) or mode not in CHECK_IMAGES_MODES:
+        raise ValueError(f"`{argument}` must be one of {list(CHECK_IMAGES_MODES)}, got {mode!r}")
+    return mode
+
+
+def _problem(path: str | os.PathLike[str]) -> str | None:
     try:
         decode_image(path)  # a full decode, as training does: verify() misses truncated files
     except READ_ERRORS as err:
@@ -346,29 +398,52 @@ def _problem(path: Path) -> str | None:
     return None
 
 
-def check_images(paths: Sequence[Path], skip_bad_images: bool, what: str = "images") -> list[int]:
-    """Decode every file once and return the indices of the good ones.
+def _header_problem(path: str | os.PathLike[str]) -> str | None:
+    try:
+        with Image.open(path) as image:  # reads the header only: format, mode and size
+            if image.width < 1 or image.height < 1:
+                return f"empty image ({image.width}x{image.height})"
+    except READ_ERRORS as err:
+        return read_problem(err)
+    return None
+
+
+def check_images(
+    paths: Sequence[str | os.PathLike[str]], skip_bad_images: bool, what: str = "images", mode: str = "full"
+) -> list[int]:
+    """Check every file once and return the indices of the good ones.
 
     Runs when the data is set up, so a bad file fails fast instead of in the
-    middle of an epoch. Decoding runs in threads: Pillow releases the GIL.
+    middle of an epoch. ``mode="full"`` decodes every image; ``"header"`` opens
+    each file and reads its header only (format and size: missing, empty and
+    non-image files fail, truncated ones pass and are caught while training);
+    ``"none"`` checks nothing. Files are checked in threads (Pillow releases the
+    GIL while decoding and reading), a few thousand at a time.
 
     Args:
         paths: The image files.
         skip_bad_images: Skip bad files with one warning that counts them,
             instead of raising on the first.
         what: How the files are named in messages.
+        mode: ``"full"``, ``"header"`` or ``"none"`` (see `CHECK_IMAGES_MODES`).
 
     Returns:
-        Indices into ``paths`` of the files that decode.
+        Indices into ``paths`` of the files that pass.
 
     Raises:
         FileNotFoundError: A file is missing and ``skip_bad_images`` is False.
-        ValueError: A file cannot be decoded and ``skip_bad_images`` is False.
+        ValueError: A file cannot be read and ``skip_bad_images`` is False, or an unknown ``mode``.
     """
+    check_images_mode(mode, "mode")
+    if mode == "none":
+        return list(range(len(paths)))
+    probe = _problem if mode == "full" else _header_problem
     workers = min(8, os.cpu_count() or 1)
+    bad: list[tuple[int, str]] = []
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        problems = list(pool.map(_problem, paths))
-    bad = [(i, p) for i, p in enumerate(problems) if p is not None]
+        for first in range(0, len(paths), _CHECK_CHUNK):
+            chunk = [paths[i] for i in range(first, min(first + _CHECK_CHUNK, len(paths)))]
+            bad += [(first + i, p) for i, p in enumerate(pool.map(probe, chunk, chunksize=64)) if p is not None]
     if bad and not skip_bad_images:
         index, problem = bad[0]
         more = f" ({len(bad) - 1} more bad files)" if len(bad) > 1 else ""
@@ -381,4 +456,5 @@ def check_images(paths: Sequence[Path], skip_bad_images: bool, what: str = "imag
             UserWarning,
             stacklevel=3,
         )
-    return [i for i, p in enumerate(problems) if p is None]
+    skipped = {i for i, _ in bad}
+    return [i for i in range(len(paths)) if i not in skipped]

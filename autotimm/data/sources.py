@@ -9,6 +9,8 @@ or test split are an error, never renumbered.
 
 from __future__ import annotations
 
+import bisect
+import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,7 +19,15 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from autotimm.data.images import IMAGE_EXTENSIONS, array_to_image, check_images, list_image_files, load_image
+from autotimm.data.compact import LabelArray, StringArray
+from autotimm.data.images import (
+    IMAGE_EXTENSIONS,
+    array_to_image,
+    check_images,
+    check_images_mode,
+    list_image_names,
+    load_image,
+)
 
 __all__ = [
     "SampleTable",
@@ -38,6 +48,14 @@ _VAL_FOLDERS = ("val", "valid", "validation")
 class SampleTable:
     """The samples of one split.
 
+    A file table (one with a ``root``) is stored compactly, whatever it is given: its
+    paths as one [`StringArray`][autotimm.data.compact.StringArray] (UTF-8 bytes plus an
+    8-byte offset per path) and single-label targets as one
+    [`LabelArray`][autotimm.data.compact.LabelArray] (8 bytes per label), so that a
+    million-image folder costs tens of megabytes, not a million Python objects, and
+    loader workers share the table instead of copying it. Both behave as read-only
+    lists (and compare equal to lists).
+
     Args:
         items: Sample identifiers: image paths relative to ``root`` (POSIX
             strings), or row indices into ``array``.
@@ -47,13 +65,29 @@ class SampleTable:
         array: ``(N, H, W)`` or ``(N, H, W, C)`` uint8 images (array sources).
     """
 
-    items: list[Any]
-    targets: list[Any]
+    items: Sequence[Any]
+    targets: Sequence[Any]
     root: Path | None = None
     array: np.ndarray | None = field(default=None, repr=False)
 
+    def __post_init__(self) -> None:
+        if self.root is None or self.array is not None:
+            return
+        if not isinstance(self.items, StringArray):
+            self.items = StringArray(self.items)
+        if not isinstance(self.targets, LabelArray):
+            self.targets = _compact_targets(self.targets)
+
     def __len__(self) -> int:
         return len(self.items)
+
+    @property
+    def nbytes(self) -> int | None:
+        """Bytes held by a compact file table's paths and labels (``None`` for other tables)."""
+        if not isinstance(self.items, StringArray):
+            return None
+        labels = self.targets.nbytes if isinstance(self.targets, LabelArray) else 0
+        return self.items.nbytes + labels
 
     def path(self, index: int) -> Path:
         """Return the file of sample ``index`` (file sources only)."""
@@ -61,15 +95,39 @@ class SampleTable:
             raise TypeError("This sample table holds arrays, not files")
         return self.root / self.items[index]
 
-    def load(self, index: int, in_chans: int = 3) -> Image.Image:
-        """Decode sample ``index`` into a Pillow image with ``in_chans`` channels."""
+    def load(self, index: int, in_chans: int = 3, draft_size: tuple[int, int] | None = None) -> Image.Image:
+        """Decode sample ``index`` into a Pillow image with ``in_chans`` channels.
+
+        Args:
+            index: The sample.
+            in_chans: 1 or 3.
+            draft_size: Decode a JPEG file reduced, to no less than this ``(width, height)``
+                (see [`decode_image`][autotimm.data.decode_image]); ``None``: full size.
+        """
         if self.array is not None:
             return array_to_image(self.array[self.items[index]], in_chans)
-        return load_image(self.path(index), in_chans)
+        return load_image(self.path(index), in_chans, draft_size=draft_size)
 
     def subset(self, indices: Sequence[int]) -> SampleTable:
         """Return a table with only the samples at ``indices``, in that order."""
+        if isinstance(self.items, StringArray):
+            positions = np.asarray(indices, dtype=np.int64)
+            targets = self.targets
+            taken = targets[positions] if isinstance(targets, LabelArray) else [targets[i] for i in positions]
+            return SampleTable(self.items.take(positions), taken, self.root, self.array)
         return SampleTable([self.items[i] for i in indices], [self.targets[i] for i in indices], self.root, self.array)
+
+
+def _compact_targets(targets: Sequence[Any]) -> Sequence[Any]:
+    """Single-label targets as a `LabelArray`; multi-label targets (lists of indices) as they are."""
+    if len(targets) == 0:
+        return LabelArray()
+    if isinstance(targets[0], (int, np.integer)) and not isinstance(targets[0], bool):
+        try:
+            return LabelArray(targets)
+        except (TypeError, ValueError):  # mixed content: kept as given
+            return targets
+    return targets
 
 
 @dataclass
@@ -148,7 +206,7 @@ def _read_class_folders(
     mapping = {name: i for i, name in enumerate(class_names if class_names is not None else names)}
     items: list[str] = []
     targets: list[int] = []
-    found = {subdir: list_image_files(subdir) for subdir in subdirs}
+    found = {subdir: list_image_names(subdir) for subdir in subdirs}
     if not any(found.values()):
         raise ValueError(
             f"{argument} {str(folder)!r} has no images in its {len(subdirs)} class folder(s); supported types: "
@@ -160,7 +218,8 @@ def _read_class_folders(
                 f"Class folder {str(subdir)!r} of {argument} has no images; supported types: "
                 f"{', '.join(IMAGE_EXTENSIONS)}. Add images or remove the folder."
             )
-        items += [p.relative_to(root).as_posix() for p in files]
+        prefix = subdir.relative_to(root).as_posix() + "/"
+        items += [prefix + name for name in files]
         targets += [mapping[subdir.name]] * len(files)
     return SampleTable(items, targets, root=root), names
 
@@ -309,27 +368,53 @@ def read_builtin(name: str, root: str | Path | None = None) -> SourceData:
     return SourceData(splits, names, description=f"built-in dataset {name!r}")
 
 
-def drop_bad_images(source: SourceData, skip_bad_images: bool = False) -> SourceData:
+class _TablePaths(Sequence[str]):
+    """The file paths of several file tables, one after the other, built as strings when asked for."""
+
+    def __init__(self, tables: Sequence[SampleTable]) -> None:
+        self._tables = [(os.fspath(t.root), t.items) for t in tables]
+        self._ends = np.cumsum([len(t) for t in tables]).tolist()
+
+    def __len__(self) -> int:
+        return self._ends[-1] if self._ends else 0
+
+    def __getitem__(self, index: Any) -> Any:
+        if not isinstance(index, int):
+            raise TypeError("_TablePaths takes integer indices")
+        table = bisect.bisect_right(self._ends, index)
+        root, items = self._tables[table]
+        return os.path.join(root, items[index - (self._ends[table - 1] if table else 0)])
+
+
+def drop_bad_images(source: SourceData, skip_bad_images: bool = False, mode: str = "full") -> SourceData:
     """Check that every image file of ``source`` can be read; leave out the unreadable ones when asked.
 
     Args:
         source: What a reader found (array sources are returned unchanged: nothing to decode).
         skip_bad_images: Skip unreadable files with one warning instead of raising.
+        mode: How each file is checked: ``"full"`` decodes it, ``"header"`` reads its header
+            only, ``"none"`` checks nothing (see [`check_images`][autotimm.data.check_images]).
 
     Raises:
         FileNotFoundError: A missing file (without ``skip_bad_images``).
-        ValueError: An unreadable file (without ``skip_bad_images``), or no readable training image.
+        ValueError: An unreadable file (without ``skip_bad_images``), no readable training
+            image, or an unknown ``mode``.
     """
+    check_images_mode(mode, "check_images")
     tables = source.splits
-    if tables["train"].root is None:
+    if tables["train"].root is None or mode == "none":
         return source
-    paths = [table.path(i) for table in tables.values() for i in range(len(table))]
-    good = set(check_images(paths, skip_bad_images))
+    paths = _TablePaths(list(tables.values()))
+    good = check_images(paths, skip_bad_images, mode=mode)
+    if len(good) == len(paths):  # nothing to drop: the tables are kept as they are
+        return source
+    kept = np.zeros(len(paths), dtype=bool)
+    kept[np.asarray(good, dtype=np.int64)] = True
     splits, start = {}, 0
     for split, table in tables.items():
-        splits[split] = table.subset([i for i in range(len(table)) if start + i in good])
+        splits[split] = table.subset(np.flatnonzero(kept[start : start + len(table)]))
         start += len(table)
-    if not splits["train"].items:
+    if not len(splits["train"]):
         raise ValueError(f"No readable training images in {source.description}")
     return SourceData(splits, source.class_names, source.multi_label, source.description)
 

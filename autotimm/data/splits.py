@@ -6,7 +6,7 @@ import hashlib
 import json
 import math
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -59,7 +59,11 @@ def stratified_split(groups: Sequence[int], fractions: dict[str, float], seed: i
     """
     rng = np.random.default_rng(seed)
     keys = sorted(set(groups))
-    members = {k: [i for i, g in enumerate(groups) if g == k] for k in keys}
+    # Each group's indices in ascending order, found in one stable sort (not one pass over the samples per group).
+    values = np.asarray(groups)
+    order = np.argsort(values, kind="stable")
+    bounds = [*np.searchsorted(values[order], keys, side="left").tolist(), len(order)]
+    members = {k: order[bounds[g] : bounds[g + 1]] for g, k in enumerate(keys)}
     remaining = {k: list(rng.permutation(members[k])) for k in keys}
     counts = [len(members[k]) for k in keys]
     result: dict[str, list[int]] = {}
@@ -83,13 +87,30 @@ def _stratify_groups(table: SampleTable, num_classes: int, multi_label: bool) ->
     return [min(ts, key=lambda t: (counts[t], t)) if ts else -1 for ts in table.targets]
 
 
+def _json_list_pieces(values: Sequence[Any], chunk: int = 65536) -> Iterator[bytes]:
+    """The UTF-8 text of ``json.dumps(list(values))``, in pieces of ``chunk`` values."""
+    yield b"["
+    for first in range(0, len(values), chunk):
+        part = values[first : first + chunk]
+        text = json.dumps(part.tolist() if hasattr(part, "tolist") else list(part))[1:-1]
+        yield (", " + text if first else text).encode()
+    yield b"]"
+
+
 def source_fingerprint(source: SourceData) -> str:
     """A digest of the samples, labels and class names of every split a source provides."""
     digest = hashlib.sha256()
     digest.update(json.dumps([source.class_names, source.multi_label]).encode())
     for split in sorted(source.splits):
         table = source.splits[split]
-        digest.update(json.dumps([split, table.items, table.targets]).encode())
+        # The text of json.dumps([split, items, targets]), written in pieces: no list of a million strings.
+        digest.update(f"[{json.dumps(split)}, ".encode())
+        for piece in _json_list_pieces(table.items):
+            digest.update(piece)
+        digest.update(b", ")
+        for piece in _json_list_pieces(table.targets):
+            digest.update(piece)
+        digest.update(b"]")
         if table.array is not None:
             digest.update(np.ascontiguousarray(table.array).data)
     return digest.hexdigest()
@@ -171,7 +192,7 @@ def resolve_splits(
         indices = stratified_split(groups, fractions, seed)
     tables = {split: pool.subset(idx) for split, idx in indices.items()}
     for split, fraction in fractions.items():
-        if not tables[split].items:
+        if not len(tables[split]):
             raise ValueError(
                 f"`{split}_split`={fraction} leaves the {split} split empty: {len(pool)} training images, and every "
                 f"class keeps at least one for training. Use a larger fraction, more images, or {split}_split=0."
@@ -185,7 +206,7 @@ def resolve_splits(
             "source": source.description,
             "fingerprint": fingerprint,
             "class_names": source.class_names,
-            "splits": {split: table.items for split, table in tables.items()},
+            "splits": {split: list(table.items) for split, table in tables.items()},
         }
         try:
             write_text_atomically(path, json.dumps(record, indent=1))

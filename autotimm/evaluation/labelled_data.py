@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -80,11 +81,25 @@ def map_class_names(data_names: Sequence[str], model_names: Sequence[str], what:
     return np.asarray([model_index[str(n)] for n in data_names], dtype=np.int64)
 
 
+@dataclass(frozen=True)
+class _TableRow(ImageSource):
+    """A sample of a table that holds neither files nor arrays (a Hugging Face dataset), decoded by the table."""
+
+    table: Any = None
+    index: int = 0
+
+    def load(self, in_chans: int = 3, draft_size: tuple[int, int] | None = None) -> Any:
+        """Decode the sample through its table (a JPEG reduced to no less than ``draft_size``)."""
+        return self.table.load(self.index, in_chans, draft_size=draft_size)
+
+
 def _table_sources(table: Any) -> list[ImageSource]:
     """Image sources of a ``SampleTable``: files are read when predicted on, array rows become images."""
     if table.array is not None:
         rows = np.ascontiguousarray(table.array[np.asarray(table.items, dtype=np.int64)])
         return collect_inputs(rows[..., None] if rows.ndim == 3 else rows)  # (N, H, W) grayscale -> (N, H, W, 1)
+    if table.root is None:  # rows of a dataset store, decoded when predicted on
+        return [_TableRow(f"row {table.items[i]}", table=table, index=i) for i in range(len(table))]
     return [ImageSource(str(table.path(i)), table.path(i)) for i in range(len(table))]
 
 

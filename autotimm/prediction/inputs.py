@@ -40,8 +40,14 @@ class ImageSource:
     path: Path | None = None
     image: Image.Image | None = None
 
-    def load(self, in_chans: int = 3) -> Image.Image:
+    def load(self, in_chans: int = 3, draft_size: tuple[int, int] | None = None) -> Image.Image:
         """Decode (files) or convert (in-memory images) to ``in_chans`` channels.
+
+        Args:
+            in_chans: 1 or 3.
+            draft_size: Decode a JPEG file reduced, to no less than this ``(width, height)``
+                (see [`Preprocessor.draft_size`][autotimm.prediction.Preprocessor.draft_size]);
+                ``None``: full size. In-memory images are never resized here.
 
         Raises:
             OSError: The file is missing or cannot be decoded.
@@ -50,7 +56,7 @@ class ImageSource:
             return convert_image(self.image, in_chans)
         if self.path is None:
             raise ValueError("An ImageSource needs a path or an image")
-        return load_image(self.path, in_chans)
+        return load_image(self.path, in_chans, draft_size=draft_size)
 
 
 def _is_image_file(path: Path) -> bool:

@@ -186,10 +186,10 @@ def _progress_bar(total: int, show: bool, description: str) -> Iterator[Callable
         yield lambda n: progress.advance(task, n)
 
 
-def _load(source: ImageSource, in_chans: int) -> Image.Image | str:
-    """The decoded image, or the reason it could not be read."""
+def _load(source: ImageSource, in_chans: int, draft_size: tuple[int, int] | None = None) -> Image.Image | str:
+    """The decoded image (a JPEG file reduced to no less than ``draft_size``), or the reason it could not be read."""
     try:
-        return source.load(in_chans)
+        return source.load(in_chans, draft_size)
     except READ_ERRORS as err:
         return read_problem(err)
 
@@ -205,7 +205,9 @@ def compute_logits(
 ) -> tuple[np.ndarray, list[int]]:
     """Run a model over images in batches; with test-time augmentation, average the logits of each image's views.
 
-    Images are decoded and preprocessed in threads (Pillow releases the GIL).
+    Images are decoded and preprocessed in threads (Pillow releases the GIL). JPEG files
+    larger than twice the resize target are decoded reduced (libjpeg's DCT scaling, see
+    [`Preprocessor.draft_size`][autotimm.prediction.Preprocessor.draft_size]), as the REST service does.
 
     Args:
         forward: From a float32 batch ``(B, C, H, W)`` to logits ``(B, num_classes)``.
@@ -228,6 +230,7 @@ def compute_logits(
     check_run_arguments(batch_size, tta)
     batch_size = int(batch_size)
     views = preprocessor.num_views(tta)
+    draft_size = preprocessor.draft_size  # JPEG files decode reduced, to twice the resize target
     outputs: list[np.ndarray] = []
     kept: list[int] = []
     bad: list[int] = []
@@ -239,7 +242,7 @@ def compute_logits(
     ):
         for start in batches:
             chunk = list(range(start, min(start + batch_size, len(sources))))
-            images = list(pool.map(lambda i: _load(sources[i], preprocessor.in_chans), chunk))
+            images = list(pool.map(lambda i: _load(sources[i], preprocessor.in_chans, draft_size), chunk))
             for index, image in zip(chunk, images, strict=True):
                 if isinstance(image, str):
                     if not skip_bad_images:
