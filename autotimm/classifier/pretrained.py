@@ -45,6 +45,7 @@ __all__ = [
     "is_pretrained_folder",
     "load_pretrained",
     "model_card",
+    "paired_logits",
     "push_to_hub",
     "save_pretrained",
     "timm_model",
@@ -149,19 +150,39 @@ def timm_model(model: Any) -> nn.Module:
     return full
 
 
-def _check_same_logits(model: Any, full: nn.Module) -> None:
-    """Raise unless the timm model gives ``model``'s logits on two random images."""
+def paired_logits(model: Any, other: nn.Module, samples: int = 2, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """The logits of ``model`` and of ``other`` on the same random images of the model's input size.
+
+    Both run in eval mode under ``inference_mode`` (``model`` is put back in
+    its mode after); ``other`` runs on the CPU in float32.
+
+    Args:
+        model: An [`ImageClassifier`][autotimm.ImageClassifier].
+        other: A module taking the same preprocessed images, e.g. the plain timm model of
+            `timm_model` or one that timm loaded from the model folder.
+        samples: Random images to compare on.
+        seed: The seed of the images.
+
+    Returns:
+        ``(model's logits, other's logits)``, float32 on the CPU.
+    """
     channels, height, width = _input_size(model)
-    images = torch.rand(2, channels, height, width, generator=torch.Generator().manual_seed(0))
+    images = torch.rand(samples, channels, height, width, generator=torch.Generator().manual_seed(seed))
     was_training = model.training
     model.eval()
     try:
         with torch.inference_mode():
             parameter = next(model.parameters())
             ours = model(images.to(parameter.device, parameter.dtype)).float().cpu()
-            theirs = full(images)
+            theirs = other.eval()(images)
     finally:
         model.train(was_training)
+    return ours, theirs
+
+
+def _check_same_logits(model: Any, full: nn.Module) -> None:
+    """Raise unless the timm model gives ``model``'s logits on two random images."""
+    ours, theirs = paired_logits(model, full)
     difference = float((ours - theirs).abs().max())
     scale = float(ours.abs().max()) or 1.0
     if not difference <= 1e-4 * max(1.0, scale):

@@ -15,9 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
-from autotimm.classifier.pretrained import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, save_pretrained
+from autotimm.classifier.pretrained import CARD_FILE, CONFIG_FILE, WEIGHTS_FILE, paired_logits, save_pretrained
 from autotimm.exporting.exporter import ExportParityError
 
 __all__ = ["PretrainedExport", "export_pretrained"]
@@ -50,18 +48,8 @@ def _timm_logits_difference(model: Any, folder: Path, samples: int = 2) -> float
     """Load ``folder`` with plain timm and return the largest logit difference from ``model`` on random images."""
     import timm
 
-    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True).eval()
-    config = timm.data.resolve_data_config({}, model=loaded)
-    images = torch.rand(samples, *config["input_size"], generator=torch.Generator().manual_seed(1))
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.inference_mode():
-            parameter = next(model.parameters())
-            ours = model(images.to(parameter.device, parameter.dtype)).float().cpu()
-            theirs = loaded(images)
-    finally:
-        model.train(was_training)
+    loaded = timm.create_model(f"local-dir:{folder}", pretrained=True)
+    ours, theirs = paired_logits(model, loaded, samples=samples, seed=1)
     return float((ours - theirs).abs().max())
 
 
