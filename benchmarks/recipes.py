@@ -43,8 +43,19 @@ Usage::
     python benchmarks/recipes.py --fastai-python /path/to/venv/bin/python
     python benchmarks/recipes.py --tasks digits-32 --arms ours --variant ours:'{"model": {"lr": 3e-3}}'
 
-``--variant NAME:JSON`` adds an arm ``NAME`` running ours with ``ImageClassifier`` (``"model"``) and
-``ImageDataModule`` (``"data"``) arguments overridden: the tool the default rules were measured with.
+``--variant NAME:JSON`` adds an arm ``NAME`` running ours with ``ImageClassifier`` (``"model"``),
+``ImageDataModule`` (``"data"``), ``BackboneConfig`` (``"backbone"``) and ``AutoTrainer`` (``"trainer"``)
+arguments overridden, or its head replaced by ``ClassificationHead(width, num_classes, **head)``
+(``"head"``): the tool the default rules were measured with. The candidates of the "Default recipe" table
+of the training guide, for example::
+
+    python benchmarks/recipes.py --tasks digits-32 digits-16 --arms ours --results /tmp/variants.jsonl \
+        --variant smooth:'{"model": {"label_smoothing": 0.1}}' \
+        --variant no-zero-init:'{"backbone": {"extra_kwargs": {"zero_init_last": false}}}' \
+        --variant fastai-head:'{"backbone": {"extra_kwargs": {"global_pool": "catavgmax"}},
+                                "head": {"hidden_features": 512, "dropout": 0.5}}' \
+        --variant bs128:'{"data": {"batch_size": 128}}' \
+        --variant bs128-linear-lr:'{"data": {"batch_size": 128}, "model": {"lr": 6e-3}}'
 
 Tasks (``choose``: the default rules were chosen on these; ``report``: held out, measured once the rules were
 fixed):
@@ -250,16 +261,23 @@ def run_ours(task: Task, root: Path, seed: int, variant: dict, work: Path) -> di
     data_kwargs = {"image_size": task.size, "batch_size": BATCH_SIZE, "num_workers": 0, "output_dir": None}
     data_kwargs["test_split"] = 0.0
     data = ImageDataModule(root, **{**data_kwargs, **variant.get("data", {})})
+    extra = variant.get("backbone", {})  # more BackboneConfig fields, e.g. {"extra_kwargs": {"global_pool": ...}}
     if task.pretrained:
-        backbone = BackboneConfig("mobilenetv2_100", pretrained=False, checkpoint_path=timm_mobilenet_weights(work))
+        weights = timm_mobilenet_weights(work)
+        backbone = BackboneConfig("mobilenetv2_100", pretrained=False, checkpoint_path=weights, **extra)
     else:
-        backbone = BackboneConfig("resnet18", pretrained=False)
+        backbone = BackboneConfig("resnet18", pretrained=False, **extra)
     num_classes = len([d for d in (root / "train").iterdir() if d.is_dir()])
     model = ImageClassifier(backbone, num_classes=num_classes, **variant.get("model", {}))
-    if "head_hidden" in variant:  # a measured candidate: fastai's BatchNorm head
+    if "head" in variant:  # a measured candidate: fastai's head, {"hidden_features": 512, "dropout": 0.5}
         from autotimm.models.head import ClassificationHead
 
-        model.head = ClassificationHead(model.head.fc.in_features, num_classes, 0.0, variant["head_hidden"])
+        model.backbone.eval()
+        with torch.no_grad():  # the pooled width (twice num_features with global_pool="catavgmax")
+            width = model.backbone(torch.zeros(2, 3, task.size, task.size)).shape[1]
+        model.backbone.train()  # Lightning keeps a module's mode: an eval-mode backbone would train in eval mode
+        model.head = ClassificationHead(width, num_classes, **variant["head"])
+        model._param_ndims = {name: p.ndim for name, p in model.named_parameters()}
     trainer = AutoTrainer(
         output_dir=work / "ours",
         max_epochs=task.epochs,

@@ -406,8 +406,13 @@ def test_a_search_too_short_is_skipped_and_the_final_training_gets_the_budget(tm
     assert summary["probe"]["images"] > 0 and summary["probe"]["factor"] != 1.0  # the probe measured the speed
     assert summary["final"]["used"] and summary["final"]["trained_on"] == "train"
     tta = summary["tta"]  # flip TTA is kept only when it scores higher on the same validation images
-    assert summary["final"]["score"] > 0.2 and tta["plain"] == pytest.approx(summary["final"]["score"], abs=1e-6)
-    assert result.best_score == (tta["flip"] if tta["used"] else tta["plain"])
+    assert summary["final"]["score"] > 0.2
+    if "plain" in tta:  # scored both ways; on a busy machine the time check may skip it, and says so
+        assert tta["plain"] == pytest.approx(summary["final"]["score"], abs=1e-6)
+        assert result.best_score == (tta["flip"] if tta["used"] else tta["plain"])
+    else:
+        assert tta["note"].startswith("not tried: scoring it needs") and not tta["used"]
+        assert result.best_score == pytest.approx(summary["final"]["score"], abs=1e-6)
     assert result.model.default_tta == ("flip" if tta["used"] else "none")
     assert result.time_used <= 15 * 1.15 + 5 and (tmp_path / "best.ckpt").is_file()
 

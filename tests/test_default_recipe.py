@@ -134,3 +134,35 @@ def test_default_lr_follows_the_weights_the_backbone_starts_from(tmp_path):
     # A checkpoint stores the resolved rate: loading it (where the backbone no longer says "pretrained") keeps it.
     loaded = ImageClassifier.load(tuned.save(tmp_path / "tuned.ckpt"))
     assert loaded.hparams.lr == 1e-3
+
+
+def test_auto_fit_presets_start_from_the_default_lr_rule(monkeypatch):
+    from autotimm.auto import presets, recipes
+    from autotimm.auto.presets import PRESETS, rule_lr_range
+    from autotimm.auto.recipes import ADAMW_COSINE, SGD_ONECYCLE, Recipe
+    from autotimm.optim import default_lr
+
+    assert ADAMW_COSINE.lr == ADAMW_COSINE.base_lr(pretrained=False) == default_lr(pretrained=False)
+    assert ADAMW_COSINE.base_lr(pretrained=True) == default_lr(pretrained=True)
+    assert Recipe().base_lr(pretrained=True) == default_lr(pretrained=True)
+    assert SGD_ONECYCLE.base_lr(pretrained=False) == SGD_ONECYCLE.base_lr(pretrained=True) == 0.2  # its own rule
+    for preset in PRESETS.values():
+        space = preset.space_for(224)
+        assert space.recipe.optimizer == "adamw"
+        low, high = space.lr
+        # Whatever weights a search starts from, the rule's rate (the first trial's) lies inside its range.
+        assert low < default_lr(pretrained=True) <= default_lr(pretrained=False) < high
+    assert PRESETS["fast"].space.lr == rule_lr_range(2, 3) == (5e-4, 9e-3)
+
+    # The ranges are built from the rule function, not copied from it.
+    monkeypatch.setattr(presets, "default_lr", lambda pretrained: 2e-4 if pretrained else 6e-4)
+    assert rule_lr_range(2, 3) == (1e-4, 1.8e-3)
+    assert recipes.default_lr is default_lr
+
+
+@pytest.mark.parametrize(("below", "above"), [(0.5, 3), (2, 0), (2, float("nan"))])
+def test_rule_lr_range_rejects_factors_under_one(below, above):
+    from autotimm.auto.presets import rule_lr_range
+
+    with pytest.raises(ValueError, match=r"`below` and `above` must be >= 1"):
+        rule_lr_range(below, above)

@@ -16,6 +16,7 @@ from typing import Any
 
 from autotimm.auto.recipes import ADAMW_COSINE, SGD_ONECYCLE, Recipe
 from autotimm.data.transforms import SMALL_IMAGE_SIZE
+from autotimm.optim.recipe import default_lr
 
 __all__ = [
     "PRESETS",
@@ -29,6 +30,7 @@ __all__ = [
     "list_presets",
     "parse_time_limit",
     "plan_search",
+    "rule_lr_range",
 ]
 
 #: Images at most this many pixels on their longer side count as small: small-image candidates, no border crop.
@@ -36,12 +38,39 @@ __all__ = [
 SMALL_IMAGE_MAX = SMALL_IMAGE_SIZE
 
 
+def rule_lr_range(below: float, above: float) -> tuple[float, float]:
+    """An AdamW learning-rate range around the default recipe's rule (`default_lr`).
+
+    The range runs from ``below`` times under the pretrained weights' rule to ``above`` times over the
+    from-scratch rule, so the learning rate an ``ImageClassifier`` trains with by default (and the first
+    trial's, ``Recipe.base_lr``) lies inside it, whichever weights
+    the search starts from, and the search explores around it.
+
+    Args:
+        below: Factor under ``default_lr(pretrained=True)`` of the lower bound, at least 1.
+        above: Factor over ``default_lr(pretrained=False)`` of the upper bound, at least 1.
+
+    Returns:
+        ``(default_lr(pretrained=True) / below, default_lr(pretrained=False) * above)``.
+
+    Raises:
+        ValueError: A factor under 1.
+
+    Example:
+        >>> rule_lr_range(2, 3)
+        (0.0005, 0.009)
+    """
+    if not (below >= 1 and above >= 1):
+        raise ValueError(f"`below` and `above` must be >= 1, got {below!r} and {above!r}")
+    return default_lr(pretrained=True) / below, round(default_lr(pretrained=False) * above, 12)
+
+
 @dataclass(frozen=True)
 class SearchSpace:
     """The hyper-parameters a trial draws, and the recipe they are drawn for.
 
     Args:
-        lr: Learning-rate range, drawn log-uniformly.
+        lr: Learning-rate range, drawn log-uniformly (for AdamW: around the default rule, `rule_lr_range`).
         weight_decay: Weight-decay range, drawn log-uniformly.
         label_smoothing: Largest label smoothing; drawn from 0 to it in steps of 0.05.
         mixup_alpha: Largest mixup alpha; drawn from 0 to it in steps of 0.1 (0 is off).
@@ -124,7 +153,7 @@ PRESETS: dict[str, Preset] = {
         small_image_backbones=("test_resnet", "resnet10t", "resnet18"),
         backbones=("resnet10t", "mobilenetv3_small_100", "lcnet_075", "resnet18"),
         space=SearchSpace(
-            lr=(5e-4, 1e-2),
+            lr=rule_lr_range(2, 3),
             weight_decay=(1e-5, 5e-2),
             label_smoothing=0.15,
             mixup_alpha=0.2,
@@ -156,7 +185,7 @@ PRESETS: dict[str, Preset] = {
         small_image_backbones=("resnet10t", "resnet18", "resnet14t", "resnet26", "regnetx_004", "efficientnet_b0"),
         backbones=("resnet18", "mobilenetv3_large_100", "efficientnet_b0", "regnetx_004", "resnet26d", "convnext_atto"),
         space=SearchSpace(
-            lr=(3e-4, 1e-2),
+            lr=rule_lr_range(3, 3),
             weight_decay=(1e-5, 1e-1),
             label_smoothing=0.2,
             mixup_alpha=0.4,
@@ -195,7 +224,7 @@ PRESETS: dict[str, Preset] = {
             "vit_small_patch16_224",
         ),
         space=SearchSpace(
-            lr=(1e-4, 1e-2),
+            lr=rule_lr_range(10, 3),
             weight_decay=(1e-6, 1e-1),
             label_smoothing=0.2,
             mixup_alpha=0.8,

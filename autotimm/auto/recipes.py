@@ -2,12 +2,18 @@
 
 A [`SearchSpace`][autotimm.auto.presets.SearchSpace] names its recipe; the
 hyper-parameters a trial draws (learning rate, weight decay, ...) come on top.
+
+The AdamW recipe starts from the default recipe's rules (the "Default recipe" table of the training
+guide): its learning rates are [`default_lr`][autotimm.optim.default_lr]'s, ``3e-3`` from scratch and
+``1e-3`` for pretrained weights, the same an ``ImageClassifier`` trains with when ``lr`` is not given.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 from typing import Any
+
+from autotimm.optim.recipe import default_lr
 
 __all__ = ["ADAMW_COSINE", "SGD_ONECYCLE", "Recipe"]
 
@@ -21,7 +27,10 @@ class Recipe:
         optimizer_kwargs: Its extra arguments.
         scheduler: A name from ``list_schedulers()``.
         scheduler_kwargs: Its extra arguments.
-        lr: Learning rate of the default configuration (the first trial, or the only run).
+        lr: Learning rate of the default configuration (the first trial, or the only run) of a backbone
+            trained from scratch; by default the rule's, ``default_lr(pretrained=False)``.
+        pretrained_lr: The same for pretrained weights (``auto_fit(pretrained=True)``); ``None``: ``lr``.
+            By default the rule's, ``default_lr(pretrained=True)``.
         weight_decay: Weight decay of the default configuration.
         channels_last: Train in channels-last memory format (faster convolutions).
         cpu_bf16: Train under bf16 autocast on CPUs with native bf16 (AVX512-BF16 or AMX), unless
@@ -32,10 +41,30 @@ class Recipe:
     optimizer_kwargs: dict[str, Any] = field(default_factory=dict)
     scheduler: str = "cosine"
     scheduler_kwargs: dict[str, Any] = field(default_factory=dict)
-    lr: float = 2e-3
+    lr: float = default_lr(pretrained=False)
+    pretrained_lr: float | None = default_lr(pretrained=True)
     weight_decay: float = 1e-4
     channels_last: bool = False
     cpu_bf16: bool = False
+
+    def base_lr(self, pretrained: bool) -> float:
+        """The learning rate of the default configuration, by the weights the backbone starts from.
+
+        Args:
+            pretrained: Whether the backbone starts from pretrained weights.
+
+        Returns:
+            ``pretrained_lr`` (or ``lr`` when it is ``None``) for pretrained weights, else ``lr``.
+
+        Example:
+            >>> ADAMW_COSINE.base_lr(pretrained=False), ADAMW_COSINE.base_lr(pretrained=True)
+            (0.003, 0.001)
+            >>> SGD_ONECYCLE.base_lr(pretrained=True)
+            0.2
+        """
+        if pretrained and self.pretrained_lr is not None:
+            return self.pretrained_lr
+        return self.lr
 
     def model_kwargs(self) -> dict[str, Any]:
         """The `ImageClassifier` arguments of the recipe (the drawn ``lr`` and ``weight_decay`` excluded)."""
@@ -48,7 +77,8 @@ class Recipe:
         }
 
 
-#: AdamW with a cosine schedule: the recipe of fine-tuning and of larger images.
+#: AdamW with a cosine schedule: the recipe of fine-tuning and of larger images, at the default rules'
+#: learning rates (``default_lr``).
 ADAMW_COSINE = Recipe()
 #: From-scratch small images on a CPU: SGD with Nesterov momentum under a one-cycle schedule, channels-last, bf16.
 #: On Fashion-MNIST it took a 0.4 M-parameter ResNet to 93.4% test accuracy in 30 epochs (9 CPU-minutes).
@@ -58,6 +88,7 @@ SGD_ONECYCLE = Recipe(
     scheduler="onecycle",
     scheduler_kwargs={"pct_start": 0.25, "final_div_factor": 1e3},
     lr=0.2,
+    pretrained_lr=None,
     weight_decay=5e-4,
     channels_last=True,
     cpu_bf16=True,
