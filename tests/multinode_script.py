@@ -3,7 +3,9 @@
 ``python multinode_script.py folder|shards DATA OUTPUT``: trains one epoch of
 ``test_resnet`` on CPU (gloo) with ``num_nodes=2`` and writes the ids of the
 training samples this rank loaded to ``OUTPUT/ids_rank<RANK>.txt``; rank 0
-prints the best checkpoint as a JSON line.
+prints the best checkpoint as a JSON line. Every check of the image files at
+set-up appends ``<RANK> <files>`` to ``OUTPUT/image_checks.txt`` (rank 0 alone
+should check; the other rank reads its result).
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ from pathlib import Path
 
 from torch.utils.data import Dataset
 
+import autotimm.data.checked as checked
 from autotimm import AutoTrainer, BackboneConfig, ImageClassifier, ImageDataModule
 
 
@@ -70,8 +73,22 @@ class RecordingData(ImageDataModule):
         return RecordedDataset(dataset, list(self.tables["train"].items), self.record)
 
 
+def count_image_checks(out: Path) -> None:
+    """Record every set-up check of the image files in ``out/image_checks.txt``, with the rank that ran it."""
+    find = checked.find_bad_images
+
+    def counted(paths, mode="full"):
+        out.mkdir(parents=True, exist_ok=True)
+        with (out / "image_checks.txt").open("a") as file:
+            file.write(f"{os.environ['RANK']} {len(paths)}\n")
+        return find(paths, mode)
+
+    checked.find_bad_images = counted
+
+
 def main(mode: str, data: str, output: str) -> None:
     out = Path(output)
+    count_image_checks(out)
     source = {"shards": data} if mode == "shards" else {"data_dir": data, "val_split": 0.25, "test_split": 0.0}
     datamodule = RecordingData(
         **source, image_size=16, batch_size=3, num_workers=0, seed=0, output_dir=out, augmentation="none"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -245,3 +246,93 @@ def test_streaming_trains(data, tmp_path, single_thread):
     trainer.fit(model, dm)
     assert model.class_names == CLASSES
     assert math.isfinite(float(trainer.callback_metrics["train/loss"]))
+
+
+# ---------------------------------------------------------------------------------------------- auto_fit
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_auto_fit_on_a_dataset_dict_refits_on_train_and_validation(forms, tmp_path, single_thread):
+    pytest.importorskip("optuna")
+    from autotimm.auto import auto_fit
+    from autotimm.auto.data import merge_tables
+
+    dm = module(forms["dataset_dict"])
+    dm.setup()
+    merged = merge_tables(dm.tables["train"], dm.tables["val"])  # two Dataset objects: concatenated
+    assert len(merged) == len(dm.tables["train"]) + len(dm.tables["val"])
+    last = dm.tables["val"].load(len(dm.tables["val"]) - 1)
+    assert sample_number(merged.load(len(merged) - 1)) == sample_number(last)
+    options = dict(backbones=["test_resnet"], image_size=SIZE, n_trials=1, seed=0, verbose=False, tta=False)
+    result = auto_fit(module(forms["dataset_dict"]), 40, output_dir=tmp_path / "auto", refit=True, **options)
+    assert result.model.class_names == CLASSES
+    with pytest.raises(ValueError, match=r"streamed Hugging Face dataset.*streaming=False"):
+        auto_fit(module(forms["dataset_dict"], streaming=True), 20, output_dir=tmp_path / "stream", **options)
+
+
+def _unequal_stream(data, sizes: list[int]):
+    """``data`` as an IterableDataset of ``len(sizes)`` shards holding ``sizes`` rows each, in order."""
+    bounds = np.cumsum([0, *sizes]).tolist()
+
+    def rows(parts):
+        for first, last in parts:
+            for index in range(first, last):
+                yield data[index]
+
+    parts = [(bounds[i], bounds[i + 1]) for i in range(len(sizes))]  # one shard each
+    return datasets.IterableDataset.from_generator(rows, gen_kwargs={"parts": parts}, features=data.features)
+
+
+def test_streaming_ranks_get_equal_shares_of_unequal_shards(data):
+    stream = _unequal_stream(data, [27, 9])
+    assert stream.n_shards == 2
+    table = read_hf_stream({"train": stream}).splits["train"]
+    table.num_rows = len(data)  # a generator records no size; a Hub dataset's info does
+
+    def share(rank, equal, workers=0, batch_size=None):
+        dataset = table.dataset(None, shuffle=False, rank=rank, world_size=2, equal_shares=equal)
+        if batch_size is None:
+            return stream_numbers(dataset, workers)
+        loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, drop_last=True, collate_fn=list)
+        return [len(batch) for batch in loader]
+
+    # Whole shards per rank: 27 and 9 samples, which would hang DDP at the end of the epoch.
+    assert [len(share(rank, equal=False)) for rank in (0, 1)] == [27, 9]
+    first, second = share(0, equal=True), share(1, equal=True)
+    assert len(first) == len(second) == len(data) // 2 == len(table.dataset(None, world_size=2, equal_shares=True))
+    assert len(set(first)) == 18 and set(second) == set(range(27, 36))  # the short part starts over
+    # With loader workers and batches: the same number of batches on both ranks.
+    assert share(0, equal=True, workers=2, batch_size=4) == share(1, equal=True, workers=2, batch_size=4)
+    assert sum(share(1, equal=True, workers=2, batch_size=1)) == 18
+
+
+def test_cli_train_and_evaluate_on_a_save_to_disk_folder(forms, tmp_path):
+    import contextlib
+    import io
+
+    from autotimm.cli import main
+    from autotimm.data.sources import data_source
+
+    assert data_source(forms["save_to_disk"]) == {"hf_dataset": forms["save_to_disk"]}
+    parquet = str(Path(forms["parquet"]).parent)
+    assert data_source(parquet) == {"hf_dataset": parquet} and data_source(forms["parquet"])["hf_dataset"]
+    assert data_source("hf:user/pets") == {"hf_dataset": "user/pets"}
+    with pytest.raises(ValueError, match=r"after 'hf:'"):
+        data_source("hf:")
+
+    def cli(args):
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            code = main(args)
+        return code, out.getvalue(), err.getvalue()
+
+    run = tmp_path / "run"
+    args = ["train", "--data", forms["save_to_disk"], "--backbone", "test_resnet", "--epochs", "1"]
+    args += ["--batch-size", "8", "--image-size", str(SIZE), "--num-workers", "0", "--accelerator", "cpu"]
+    code, out, err = cli([*args, "--output-dir", str(run)])
+    assert code == 0, err
+    best = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("Best checkpoint:"))
+    assert ImageClassifier.load(best).class_names == CLASSES
+    code, out, err = cli(
+        ["evaluate", best, forms["save_to_disk"], "--split", "val", "--output-dir", str(tmp_path / "e")]
+    )
+    assert code == 0, err
+    assert "Evaluated 9 images of the 'val' split" in out

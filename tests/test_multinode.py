@@ -18,6 +18,8 @@ import torch
 from data_helpers import write_class_folders
 
 from autotimm import ImageClassifier, ImageDataModule
+from autotimm.data.checked import CHECK_FILE_NAME, WAIT_TIMEOUT_VARIABLE, check_source_once
+from autotimm.data.sources import read_folder
 
 SCRIPT = Path(__file__).with_name("multinode_script.py")
 REPO = SCRIPT.parent.parent
@@ -115,6 +117,9 @@ def test_two_nodes_on_folder_data(folder, tmp_path):
     first, second = _check_run(outputs, output, train_ids)
     assert first | second == train_ids  # 18 images, 9 per rank: every one once
     assert len(list(output.glob("splits.json"))) == 1
+    # The files' headers were checked once, by rank 0; rank 1 read its result from checked_images.json.
+    assert (output / "image_checks.txt").read_text().split("\n") == ["0 24", ""]
+    assert json.loads((output / CHECK_FILE_NAME).read_text())["bad"] == []
 
 
 @pytest.mark.usefixtures("single_thread")
@@ -131,3 +136,82 @@ def test_two_nodes_on_shards(folder, tmp_path):
     first, second = _check_run(outputs, output, train_ids)
     assert len(first) == len(second)  # LitData gives both ranks as many samples
     assert len(first | second) >= len(train_ids) - 2  # at most world_size - 1 left out to even them up
+
+
+# ------------------------------------------------------------------ the image check, once for all ranks
+@pytest.fixture
+def with_bad_file(tmp_path):
+    """A class folder with one file that is no image (``b/3.png``)."""
+    data = write_class_folders(tmp_path / "data", {"a": 4, "b": 4})
+    (data / "b" / "3.png").write_bytes(b"not an image")
+    return data
+
+
+def _as_rank(monkeypatch, rank: int) -> None:
+    for name in ("LOCAL_RANK", "SLURM_PROCID", "JSM_NAMESPACE_RANK", "NODE_RANK", "GROUP_RANK"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("RANK", str(rank))
+    monkeypatch.setenv("WORLD_SIZE", "2")
+
+
+def _no_checking(monkeypatch) -> None:
+    import autotimm.data.checked as checked
+
+    def refuse(paths, mode="full"):
+        raise AssertionError("this rank checked the files itself")
+
+    monkeypatch.setattr(checked, "find_bad_images", refuse)
+
+
+def test_rank_zero_checks_and_writes_the_bad_files_the_other_ranks_read(with_bad_file, tmp_path, monkeypatch):
+    output = tmp_path / "run"
+    _as_rank(monkeypatch, 0)
+    with pytest.warns(UserWarning, match=r"Skipped 1 unreadable image file"):
+        first = ImageDataModule(with_bad_file, output_dir=output, skip_bad_images=True, seed=0)
+        first.setup()
+    record = json.loads((output / CHECK_FILE_NAME).read_text())
+    assert record["check_images"] == "header" and record["files"] == 8
+    assert [Path(path).relative_to(with_bad_file).as_posix() for path in record["bad_files"]] == ["b/3.png"]
+    _as_rank(monkeypatch, 1)
+    _no_checking(monkeypatch)  # rank 1 reads rank 0's result: it never opens the 8 files itself
+    with pytest.warns(UserWarning, match=r"Skipped 1 unreadable image file"):
+        second = ImageDataModule(with_bad_file, output_dir=output, skip_bad_images=True, seed=0)
+        second.setup()
+    for split in first.splits:  # the same sample table on both ranks
+        assert list(second.tables[split].items) == list(first.tables[split].items)
+    # Without skip_bad_images every rank fails on the same file, rank 1 from rank 0's list.
+    with pytest.raises(ValueError, match=r"b/3\.png"):
+        ImageDataModule(with_bad_file, output_dir=output, seed=0).setup()
+
+
+def test_other_ranks_wait_for_rank_zero_and_time_out_clearly(with_bad_file, tmp_path, monkeypatch):
+    _as_rank(monkeypatch, 1)
+    _no_checking(monkeypatch)
+    monkeypatch.setenv(WAIT_TIMEOUT_VARIABLE, "0.3")
+    with pytest.raises(
+        TimeoutError, match=r"waited 0.3s for rank 0 to check the image files.*AUTOTIMM_RANK_WAIT_TIMEOUT"
+    ):
+        ImageDataModule(with_bad_file, output_dir=tmp_path / "run", skip_bad_images=True).setup()
+    monkeypatch.setenv(WAIT_TIMEOUT_VARIABLE, "soon")
+    with pytest.raises(
+        ValueError, match=r"AUTOTIMM_RANK_WAIT_TIMEOUT must be a positive number of seconds, got 'soon'"
+    ):
+        ImageDataModule(with_bad_file, output_dir=tmp_path / "run", skip_bad_images=True).setup()
+
+
+def test_a_record_whose_bad_file_was_fixed_is_not_reused(with_bad_file, tmp_path, monkeypatch):
+    output = tmp_path / "run"
+    _as_rank(monkeypatch, 0)
+    with pytest.warns(UserWarning):
+        check_source_once(read_folder(with_bad_file), True, "header", output)
+    (with_bad_file / "b" / "3.png").unlink()
+    write_class_folders(with_bad_file, {"b": 4}, seed=5)  # b/3.png is an image again
+    _as_rank(monkeypatch, 1)
+    monkeypatch.setenv(WAIT_TIMEOUT_VARIABLE, "0.3")
+    with pytest.raises(TimeoutError):  # the old list is out of date: rank 1 waits for rank 0's new one
+        check_source_once(read_folder(with_bad_file), True, "header", output)
+    _as_rank(monkeypatch, 0)
+    assert len(check_source_once(read_folder(with_bad_file), True, "header", output).splits["train"]) == 8
+    assert json.loads((output / CHECK_FILE_NAME).read_text())["bad"] == []
+    _as_rank(monkeypatch, 1)
+    assert len(check_source_once(read_folder(with_bad_file), True, "header", output).splits["train"]) == 8

@@ -366,7 +366,8 @@ def test_only_rank_zero_writes_the_config_and_the_split(rank, tmp_path):
     out = tmp_path / "run"
     rank("1")
     assert write_config(TrainConfig(data=str(images)), out) == out / "config.yaml"
-    rank_1 = ImageDataModule(images, output_dir=out, val_split=0.3, test_split=0.2, seed=3)
+    # check_images="none": a rank that checks the files waits for rank 0's check (tests/test_multinode.py).
+    rank_1 = ImageDataModule(images, output_dir=out, val_split=0.3, test_split=0.2, seed=3, check_images="none")
     rank_1.setup("fit")
     assert not out.exists()  # neither config.yaml nor splits.json
 
@@ -374,7 +375,8 @@ def test_only_rank_zero_writes_the_config_and_the_split(rank, tmp_path):
     write_config(TrainConfig(data=str(images)), out)
     rank_0 = ImageDataModule(images, output_dir=out, val_split=0.3, test_split=0.2, seed=3)
     rank_0.setup("fit")
-    assert sorted(p.name for p in out.iterdir()) == ["config.yaml", "splits.json"]  # no temporary file left
+    written = ["checked_images.json", "config.yaml", "splits.json"]
+    assert sorted(p.name for p in out.iterdir()) == written  # no temporary file left
     assert yaml.safe_load((out / "config.yaml").read_text())["data"] == str(images.resolve())
     # The split a rank computes is the one rank 0 writes, and a rank that starts later reads that file.
     rank("1")

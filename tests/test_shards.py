@@ -186,6 +186,61 @@ def test_cli_shard(written, tmp_path, capsys):
     assert main(args) == 0
     out = capsys.readouterr().out
     assert "Wrote 36 images" in out and "shards" in out and "train:" in out
-    assert sorted(p.name for p in output.iterdir()) == [SHARD_INFO_FILE, "splits.json", "test", "train", "val"]
+    written_files = [SHARD_INFO_FILE, "checked_images.json", "splits.json", "test", "train", "val"]
+    assert sorted(p.name for p in output.iterdir()) == written_files
     assert main(["shard", str(root / "data"), str(output), "--shard-size", "big"]) == 2
     assert "--shard-size must be a size" in capsys.readouterr().err
+
+
+# ------------------------------------------------------------------ auto_fit and the command line on shards
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_auto_fit_searches_on_shards(written, tmp_path):
+    optuna = pytest.importorskip("optuna")
+    del optuna
+    from autotimm.auto import auto_fit
+
+    root, source, _ = written
+    data = _data(root)
+    options = dict(backbones=["test_resnet"], image_size=16, n_trials=2, seed=0, verbose=False, tta=False)
+    result = auto_fit(data, 40, output_dir=tmp_path / "auto", **options)
+    complete = [row for row in result.trials if row["state"] == "complete"]
+    assert complete and result.model.class_names == ["a", "b", "c"]
+    summary = json.loads((tmp_path / "auto" / "summary.json").read_text())
+    assert summary["train_images"] == len(source.tables["train"])  # the whole split: shards are not subset
+    assert summary["val_images"] == len(source.tables["val"])
+    model = ImageClassifier.load(result.checkpoint)
+    assert model.data_config["input_size"] == [3, 16, 16]
+    with pytest.raises(ValueError, match=r"refit=True.*shards cannot merge"):
+        auto_fit(_data(root), 20, output_dir=tmp_path / "refit", refit=True, **options)
+
+
+def _cli(args: list[str]) -> tuple[int, str, str]:
+    import contextlib
+    import io
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = main(args)
+    return code, out.getvalue(), err.getvalue()
+
+
+@pytest.mark.filterwarnings("ignore:Your `IterableDataset` has `__len__` defined")
+def test_cli_train_and_evaluate_on_a_shard_folder(written, tmp_path):
+    from autotimm.data.sources import data_source
+
+    root, source, _ = written
+    assert data_source(str(root / "shards")) == {"shards": root / "shards"}  # found by its autotimm_shards.json
+    assert data_source("s3://bucket/pets") == {"shards": "s3://bucket/pets"}
+    assert data_source(str(root / "data")) == {"data_dir": root / "data"}
+    run = tmp_path / "run"
+    args = ["train", "--data", str(root / "shards"), "--backbone", "test_resnet", "--epochs", "1"]
+    args += ["--batch-size", "4", "--image-size", "16", "--num-workers", "0", "--accelerator", "cpu"]
+    code, out, err = _cli([*args, "--output-dir", str(run)])
+    assert code == 0, err
+    best = next(line.split(": ", 1)[1] for line in out.splitlines() if line.startswith("Best checkpoint:"))
+    assert ImageClassifier.load(best).class_names == ["a", "b", "c"]
+    code, out, err = _cli(
+        ["evaluate", best, str(root / "shards"), "--split", "val", "--output-dir", str(tmp_path / "e")]
+    )
+    assert code == 0, err
+    assert f"Evaluated {len(source.tables['val'])} images of the 'val' split" in out

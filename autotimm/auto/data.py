@@ -5,10 +5,17 @@ what the trial changes (augmentation, batch size, a subset of the images);
 the copies share the decoded sample tables, so nothing is read twice. All
 copies keep one preprocessing (input size, crop, normalisation) whatever the
 backbone, so that every trial's model takes the same inputs.
+
+Sharded data (``ImageDataModule(shards=...)``) streams each split as it was
+written: trials then train on the whole training split and validate on the
+whole validation split (no subsets), and the final training cannot add the
+validation images (no ``refit``). A (map-style) Hugging Face dataset is
+subset and merged like a folder.
 """
 
 from __future__ import annotations
 
+import io
 import os
 import statistics
 from pathlib import Path
@@ -19,6 +26,8 @@ from PIL import Image
 
 from autotimm.auto.presets import SMALL_IMAGE_MAX
 from autotimm.data.datamodule import ImageDataModule
+from autotimm.data.hf_source import HFSampleTable, HFStreamTable
+from autotimm.data.shards import ShardTable
 from autotimm.data.sources import SampleTable
 from autotimm.data.splits import stratified_split
 from autotimm.data.transforms import make_data_config
@@ -30,6 +39,7 @@ __all__ = [
     "preprocessing_overlay",
     "resolve_data",
     "subset_table",
+    "supports_subsets",
 ]
 
 
@@ -37,7 +47,9 @@ def resolve_data(data: Any, output_dir: Path, seed: int, dataset_root: str | Non
     """Turn ``data`` into a set-up ``ImageDataModule`` with a validation split.
 
     Args:
-        data: An ``ImageDataModule``, a class folder, a CSV file or a built-in dataset name.
+        data: An ``ImageDataModule`` (of files, arrays, shards or a map-style Hugging Face dataset), a class
+            folder, a CSV file, a shard folder or URL, a Hugging Face dataset folder or Parquet files, or a
+            built-in dataset name (as ``autotimm train --data`` takes them).
         output_dir: Where a data module built here writes its split file.
         seed: Seed of the split of a data module built here.
         dataset_root: Cache of built-in datasets.
@@ -45,7 +57,7 @@ def resolve_data(data: Any, output_dir: Path, seed: int, dataset_root: str | Non
     Raises:
         TypeError: ``data`` of another type.
         FileNotFoundError: A path that does not exist and is no built-in dataset name.
-        ValueError: Data without a validation split, or multi-label data.
+        ValueError: Data without a validation split, multi-label data, or a streamed Hugging Face dataset.
     """
     if isinstance(data, (str, os.PathLike)):
         from autotimm.data.sources import data_source
@@ -54,10 +66,17 @@ def resolve_data(data: Any, output_dir: Path, seed: int, dataset_root: str | Non
         data = ImageDataModule(**source, dataset_root=dataset_root, seed=seed, output_dir=output_dir)
     if not isinstance(data, ImageDataModule):
         raise TypeError(
-            "`data` must be an ImageDataModule, a class folder, a CSV file or a built-in dataset name; "
+            "`data` must be an ImageDataModule, a class folder, a CSV file, a shard folder or URL, a Hugging Face "
+            "dataset folder or Parquet files, or a built-in dataset name; "
             f"got {type(data).__name__}"
         )
     data.setup("fit")
+    if isinstance(data.tables["train"], HFStreamTable):
+        raise ValueError(
+            "auto_fit cannot search on a streamed Hugging Face dataset (streaming=True): trials need the "
+            "validation split by index and the search subsets of the training split; pass it with "
+            "streaming=False, or convert it with `autotimm shard` and pass shards=..."
+        )
     if "val" not in data.splits:
         raise ValueError(
             "`data` has no validation split, which the search ranks trials on: give the ImageDataModule "
@@ -81,16 +100,42 @@ def native_image_shape(table: SampleTable, samples: int = 16) -> tuple[int, int]
         return int(max(shape[1], shape[2])), channels
     picks = np.linspace(0, len(table) - 1, num=min(samples, len(table))).astype(int)
     sides, gray = [], 0
+    reader = table.streaming_dataset() if isinstance(table, ShardTable) else None  # opened once
     for index in picks:
-        with Image.open(table.path(int(index))) as image:
+        with _open_stored(table, int(index), reader) as image:
             sides.append(max(image.size))
             gray += image.mode in ("1", "L", "LA", "I", "I;16", "F")
     return int(statistics.median(sides)), 1 if gray == len(picks) else 3
 
 
+def _open_stored(table: Any, index: int, reader: Any = None) -> Image.Image:
+    """Sample ``index`` opened lazily by Pillow as stored (its mode and size read from the header).
+
+    Args:
+        table: The split.
+        index: The sample.
+        reader: For shards, the split's ``StreamingDataset`` (read by index).
+    """
+    if isinstance(table, ShardTable):
+        return Image.open(io.BytesIO(bytes(reader[index]["image"])))
+    if isinstance(table, HFSampleTable):
+        value = table.dataset[int(table.items[index])][table.image_column]
+        if isinstance(value, dict) and value.get("bytes") is not None:
+            return Image.open(io.BytesIO(value["bytes"]))
+        if isinstance(value, dict) and value.get("path"):
+            return Image.open(value["path"])
+        return table.load(index)  # pixels stored as arrays
+    return Image.open(table.path(index))
+
+
+def supports_subsets(table: Any) -> bool:
+    """Whether a split can be subset and merged: not one of shards, which stream each split as written."""
+    return not isinstance(table, (ShardTable, HFStreamTable))
+
+
 def subset_table(table: SampleTable, count: int, seed: int) -> SampleTable:
-    """A stratified random subset of about ``count`` samples (the whole table if it is no larger)."""
-    if count >= len(table):
+    """A stratified random subset of about ``count`` samples (the whole table if it is no larger, or of shards)."""
+    if count >= len(table) or not supports_subsets(table):
         return table
     parts = stratified_split(list(table.targets), {"subset": count / len(table)}, seed)
     return table.subset(parts["subset"])
@@ -100,8 +145,15 @@ def merge_tables(first: SampleTable, second: SampleTable) -> SampleTable:
     """One table with the samples of both (e.g. train and val, for the final training).
 
     Raises:
-        ValueError: One table holds files and the other arrays.
+        ValueError: One table holds files and the other arrays, or either is of shards.
     """
+    if not (supports_subsets(first) and supports_subsets(second)):
+        raise ValueError(
+            "cannot merge splits of shards: they stream each split as written (`autotimm shard` wrote train "
+            "and val apart); train without refit, or write the shards with val_split=0 and a val/ folder merged in"
+        )
+    if isinstance(first, HFSampleTable) or isinstance(second, HFSampleTable):
+        return _merge_hf_tables(first, second)
     if (first.array is None) != (second.array is None):
         raise ValueError("cannot merge a split of files with a split of arrays")
     targets = list(first.targets) + list(second.targets)
@@ -114,6 +166,25 @@ def merge_tables(first: SampleTable, second: SampleTable) -> SampleTable:
         return SampleTable(list(first.items) + list(second.items), targets, root=first.root)
     paths = [str(first.path(i)) for i in range(len(first))] + [str(second.path(i)) for i in range(len(second))]
     return SampleTable(paths, targets, root=Path("/"))  # absolute paths: root / path is the path
+
+
+def _merge_hf_tables(first: SampleTable, second: SampleTable) -> HFSampleTable:
+    """Merge two splits of Hugging Face datasets: the same dataset, or the two concatenated (no copy of images)."""
+    if not (isinstance(first, HFSampleTable) and isinstance(second, HFSampleTable)):
+        raise ValueError("cannot merge a split of a Hugging Face dataset with a split of files or arrays")
+    targets = list(first.targets) + list(second.targets)
+    if first.dataset is second.dataset and first.image_column == second.image_column:
+        return HFSampleTable(list(first.items) + list(second.items), targets, dataset=first.dataset,
+                             image_column=first.image_column)  # fmt: skip
+    from datasets import concatenate_datasets
+
+    one = first.dataset.select_columns([first.image_column])
+    two = second.dataset.select_columns([second.image_column])
+    if second.image_column != first.image_column:
+        two = two.rename_column(second.image_column, first.image_column)
+    offset = len(one)
+    items = list(first.items) + [offset + int(i) for i in second.items]
+    return HFSampleTable(items, targets, dataset=concatenate_datasets([one, two]), image_column=first.image_column)
 
 
 class TrialDataModule(ImageDataModule):

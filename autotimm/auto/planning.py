@@ -23,7 +23,14 @@ from typing import Any
 
 import torch
 
-from autotimm.auto.data import TrialDataModule, native_image_shape, preprocessing_overlay, resolve_data, subset_table
+from autotimm.auto.data import (
+    TrialDataModule,
+    native_image_shape,
+    preprocessing_overlay,
+    resolve_data,
+    subset_table,
+    supports_subsets,
+)
 from autotimm.auto.distributed import on_rank_zero, world_size
 from autotimm.auto.presets import (
     Preset,
@@ -318,11 +325,16 @@ def prepare(
         The state the search and the finish share (the same numbers on every rank: rank 0's).
 
     Raises:
-        ValueError: Data without a validation split, multi-label data, a metric this data has not, or no
-            candidate that can be built and trained.
+        ValueError: Data without a validation split, multi-label data, a metric this data has not, ``refit``
+            with shards, or no candidate that can be built and trained.
     """
     datamodule = _resolve_once(data, output_dir, options)
     tables = datamodule.tables
+    if options.refit and not supports_subsets(tables["train"]):
+        raise ValueError(
+            "refit=True trains the final model on train + val, which shards cannot merge (each split streams "
+            "as `autotimm shard` wrote it); pass refit=False with shards=..., or search on the source folder"
+        )
     native, in_chans = native_image_shape(tables["train"])
     size = _image_size(options.image_size, datamodule, native, preset)
     space = preset.space_for(max(size), options.pretrained)

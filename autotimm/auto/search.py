@@ -232,8 +232,12 @@ def auto_fit(
     the files written, and parallel, resumed and multi-machine searches.
 
     Args:
-        data: An ``ImageDataModule`` with a validation split, a class folder,
-            a CSV file or a built-in dataset name (``"digits"``, ...).
+        data: An ``ImageDataModule`` with a validation split (of files, arrays,
+            shards or a map-style Hugging Face dataset), a class folder, a CSV
+            file, a shard folder or URL, a Hugging Face dataset folder or
+            Parquet files, or a built-in dataset name (``"digits"``, ...).
+            Trials on shards use the whole splits (no subsets) and allow no
+            ``refit``.
         time_limit: The budget for the whole search: seconds, or ``"90s"``,
             ``"10m"``, ``"1h"``, ``"1h30m"``. A resumed search counts the time
             its earlier calls used.
@@ -245,7 +249,8 @@ def auto_fit(
             sub-folders of an earlier one.
         metric: The validation metric trials are ranked by: ``"accuracy"``,
             ``"f1_macro"``, ``"top5_accuracy"`` (more than 5 classes) or ``"loss"``.
-        refit: Finish by retraining the best configuration on train + val.
+        refit: Finish by retraining the best configuration on train + val
+            (not with shards, whose splits cannot be merged).
         ensemble: Average the probabilities of the top-``ensemble`` trials'
             models (0 or 1: no ensemble).
         seed: Seed of the sampler, the data subsets and every trial.

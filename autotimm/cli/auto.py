@@ -47,8 +47,10 @@ class AutoConfig:
 
     Args:
         data: Training data: a class folder (<class>/<image>, or train/, val/, test/ folders of class folders), a
-            CSV file with image and label columns, or a built-in dataset name (cifar10, cifar100, digits,
-            fashion-mnist, mnist, mnist5k).
+            CSV file with image and label columns, a shard folder written by `autotimm shard` (or its s3://,
+            gs://, azure:// URL; trials then use the whole splits, and --refit is refused), a Hugging Face dataset
+            folder (save_to_disk) or Parquet files, hf:NAME for a Hub dataset, or a built-in dataset name
+            (cifar10, cifar100, digits, fashion-mnist, mnist, mnist5k).
         time_limit: Budget of the whole command: seconds, or a duration such as 90s, 10m, 1h, 1h30m.
         preset: Search preset: fast, balanced or best (candidate backbones, search space, budget rule).
         output_dir: Folder of trials.csv, summary.json, best.ckpt, the trials and the ensemble.

@@ -48,7 +48,8 @@ class EvaluateConfig:
     Args:
         ckpt: The model: a .ckpt checkpoint (from `autotimm train`), an .onnx export or an ensemble folder
             (from `autotimm auto`).
-        data: Labelled images: a class folder, a CSV file or a built-in dataset name.
+        data: Labelled images: a class folder, a CSV file, a shard folder or URL, a Hugging Face dataset folder
+            or Parquet files, hf:NAME for a Hub dataset, or a built-in dataset name (as for `autotimm train`).
         split: The split to evaluate: test, val, train, or all (every image of DATA, for a separate held-out set).
         output_dir: Report folder; default: eval-<split> in the run folder (for runs/x/checkpoints/last.ckpt:
             runs/x/eval-test), or next to CKPT (inside it, for an ensemble folder).

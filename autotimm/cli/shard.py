@@ -12,7 +12,8 @@ __all__ = ["CONFIG", "ShardConfig", "run"]
 NAME = "shard"
 HELP = "Convert image data into LitData shards for streaming (local disk or object storage)."
 DESCRIPTION = """\
-Convert SOURCE (a class folder, a CSV file or a built-in dataset name, read
+Convert SOURCE (a class folder, a CSV file, a Hugging Face dataset folder or
+Parquet files, hf:NAME for a Hub dataset, or a built-in dataset name, read
 and split exactly as `autotimm train` reads and splits it) into LitData's
 optimized format in OUTPUT: one folder per split (OUTPUT/train, OUTPUT/val,
 OUTPUT/test) of shard files holding each image's encoded bytes (as stored,
@@ -33,7 +34,8 @@ class ShardConfig:
     """Options of ``autotimm shard``.
 
     Args:
-        source: A class folder, a CSV file (image and label columns) or a built-in dataset name.
+        source: A class folder, a CSV file (image and label columns), a Hugging Face dataset folder or Parquet
+            files, hf:NAME for a Hub dataset, or a built-in dataset name.
         output: The local folder to write the shards to; its existing split folders are replaced.
         shard_size: Bytes per shard file, e.g. 256MB, 64MB, 1GB.
         workers: Processes that read and write the images.

@@ -1,4 +1,4 @@
-"""``autotimm train``: train a classifier on a class folder, a CSV file or a built-in dataset."""
+"""``autotimm train``: train a classifier on a class folder, a CSV file, shards, a Hugging Face or built-in dataset."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from autotimm.cli.options import UsageError, check_precision, number, optional_v
 __all__ = ["CHANGEABLE_ON_RESUME", "CONFIG", "INVOCATION_OPTIONS", "TrainConfig", "resolve_config", "run"]
 
 NAME = "train"
-HELP = "Train a classifier on a class folder, a CSV file or a built-in dataset."
+HELP = "Train a classifier on a class folder, a CSV file, shards, a Hugging Face dataset or a built-in dataset."
 DESCRIPTION = """\
 Train an image classifier: a timm backbone and a linear head, with AutoTrainer.
 
@@ -51,7 +51,9 @@ class TrainConfig:
     Args:
         data: Training data (required unless --resume gives a run with a config.yaml): a class folder
             (<class>/<image>, or train/, val/, test/ folders of class folders), a CSV file with image and label
-            columns, or a built-in dataset name (cifar10, cifar100, digits, fashion-mnist, mnist, mnist5k).
+            columns, a shard folder written by `autotimm shard` (or its s3://, gs://, azure:// URL), a Hugging Face
+            dataset folder (save_to_disk) or Parquet files, hf:NAME for a Hub dataset, or a built-in dataset name
+            (cifar10, cifar100, digits, fashion-mnist, mnist, mnist5k).
         backbone: A timm model name; `autotimm models PATTERN` lists them.
         pretrained: Start from timm's pretrained weights (needs the Hugging Face hub or its local cache).
         checkpoint_path: Start the backbone from local weights instead: a .pth/.bin/.safetensors state dict of a timm

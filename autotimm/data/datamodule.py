@@ -15,6 +15,7 @@ from torch.utils.data import DataLoader, WeightedRandomSampler
 from autotimm.checks import require_number
 from autotimm.data.array_batches import BATCHED_AUGMENTATIONS, ArrayBatchDataset, supports_batched_arrays
 from autotimm.data.bad_images import BadImageMonitor, BadImageTracker
+from autotimm.data.checked import check_source_once
 from autotimm.data.csv_source import read_csv_files
 from autotimm.data.dataset import ImageDataset
 from autotimm.data.decoding import eval_draft_size
@@ -35,7 +36,6 @@ from autotimm.data.shards import ShardDecoder, ShardTable, is_streaming_dataset,
 from autotimm.data.sources import (
     SampleTable,
     SourceData,
-    drop_bad_images,
     read_arrays,
     read_builtin,
     read_folder,
@@ -520,7 +520,8 @@ class ImageDataModule(pl.LightningDataModule):
             self._class_names = [str(name) for name in record["class_names"]]
             self._multi_label = bool(record.get("multi_label", False))
             return
-        source = drop_bad_images(self._read_source(), self.skip_bad_images, self.check_images)
+        # Checked on rank 0 only, the result shared through `output_dir` (see autotimm.data.checked).
+        source = check_source_once(self._read_source(), self.skip_bad_images, self.check_images, self.output_dir)
         if len(source.class_names) < 2 and not source.multi_label:
             raise ValueError(f"A classifier needs at least 2 classes; {source.description} has {source.class_names}")
         if isinstance(source.splits["train"], HFStreamTable):  # streamed: the splits as given, nothing carved
@@ -630,8 +631,10 @@ class ImageDataModule(pl.LightningDataModule):
             return tables[split].streaming_dataset(decoder, shuffle=split == "train" and augment, seed=self.seed)
         if isinstance(tables[split], HFStreamTable):
             rank, world_size = (self.trainer.global_rank, self.trainer.world_size) if self.trainer else (0, 1)
+            # Training: every rank the same number of batches, or DDP hangs at the epoch's end.
+            equal = split == "train" and augment
             return tables[split].dataset(
-                transform, self.in_chans, augment, self.seed, self.shuffle_buffer, rank, world_size
+                transform, self.in_chans, augment, self.seed, self.shuffle_buffer, rank, world_size, equal
             )
         draft = self.draft_decode and custom is None
         return ImageDataset(

@@ -498,6 +498,7 @@ class HFStreamTable(SampleTable):
         buffer_size: int = DEFAULT_SHUFFLE_BUFFER,
         rank: int = 0,
         world_size: int = 1,
+        equal_shares: bool = False,
     ) -> HFStreamDataset:
         """The torch ``IterableDataset`` over this split (see `HFStreamDataset` for the arguments)."""
         return HFStreamDataset(
@@ -513,6 +514,7 @@ class HFStreamTable(SampleTable):
             rank,
             world_size,
             self.num_rows,
+            equal_shares,
         )
 
 
@@ -608,6 +610,18 @@ class HFStreamDataset(IterableDataset):
     worker keeps every ``num_workers``-th example of its rank's part (``datasets``
     alone would leave the extra workers idle). No sample is read twice in an epoch.
 
+    With ``equal_shares`` (the training split on several ranks), every rank yields
+    exactly ``num_rows // world_size`` samples per epoch, and loader worker ``w`` the
+    same number on every rank, so that all ranks run the same number of batches
+    (DDP waits at every step for all ranks: a rank with one batch more would hang
+    the run at the epoch's end). A rank whose part is larger stops early (the
+    rest of its part is not read that epoch); a part that is smaller, which
+    happens when shards of unequal size are assigned whole, starts over to fill
+    up (a few samples seen twice, as PyTorch's ``DistributedSampler`` pads). This
+    needs the split's size: without ``num_rows`` nothing is capped, and ranks
+    may run different numbers of batches; train such a stream with an integer
+    ``limit_train_batches`` no larger than any rank's share, or with ``max_steps``.
+
     Args:
         stream: The split's ``datasets.IterableDataset`` (image left undecoded).
         image_column: The image column.
@@ -622,6 +636,8 @@ class HFStreamDataset(IterableDataset):
         world_size: The number of ranks.
         num_rows: The split's size when known: the dataset then has a length, this rank's
             share (which Lightning needs to count the steps of a learning-rate schedule).
+        equal_shares: Give every rank the same number of samples (see above); used when
+            ``world_size`` > 1 and ``num_rows`` is known.
     """
 
     def __init__(
@@ -638,6 +654,7 @@ class HFStreamDataset(IterableDataset):
         rank: int = 0,
         world_size: int = 1,
         num_rows: int | None = None,
+        equal_shares: bool = False,
     ) -> None:
         image_mode(in_chans)
         if not 0 <= rank < world_size:
@@ -654,6 +671,7 @@ class HFStreamDataset(IterableDataset):
         self.rank = rank
         self.world_size = world_size
         self.num_rows = num_rows
+        self.equal_shares = equal_shares
         self.epoch = 0
         self._epoch_set = False
 
@@ -663,7 +681,40 @@ class HFStreamDataset(IterableDataset):
                 "This streamed Hugging Face split has no known length (its dataset info does not record it); "
                 "train with max_steps"
             )
+        if self._capped():
+            return self.num_rows // self.world_size
         return -(-self.num_rows // self.world_size)
+
+    def _capped(self) -> bool:
+        return self.equal_shares and self.world_size > 1 and self.num_rows is not None
+
+    def worker_quota(self) -> int | None:
+        """The samples this loader worker yields per epoch with equal shares; ``None``: as many as its part has.
+
+        A rank's ``num_rows // world_size`` samples are dealt out over its workers,
+        the first workers one more each; the same on every rank.
+        """
+        if not self._capped():
+            return None
+        share = self.num_rows // self.world_size  # type: ignore[operator]
+        worker, workers = _worker_position()
+        return share // workers + (1 if worker < share % workers else 0)
+
+    def _equal_examples(self, quota: int) -> Iterator[dict[str, Any]]:
+        """``quota`` examples of this rank and worker: its part cut short, or started over until there are enough."""
+        count = 0
+        while count < quota:
+            before = count
+            for example in self.examples():
+                yield example
+                count += 1
+                if count == quota:
+                    return
+            if count == before:
+                raise RuntimeError(
+                    f"rank {self.rank} of {self.world_size} got no sample of the streamed Hugging Face split "
+                    f"({self.num_rows} rows, {self.stream.n_shards} shards) to fill its equal share of {quota}"
+                )
 
     def set_epoch(self, epoch: int) -> None:
         """Use the shuffle order of ``epoch`` for the next pass."""
@@ -706,7 +757,8 @@ class HFStreamDataset(IterableDataset):
             ) from None
 
     def __iter__(self) -> Iterator[tuple[Any, torch.Tensor]]:
-        for example in self.examples():
+        quota = self.worker_quota()
+        for example in self.examples() if quota is None else self._equal_examples(quota):
             image = _decode(example[self.image_column], self.in_chans)
             if self.transform is not None:
                 image = self.transform(image)

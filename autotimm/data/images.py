@@ -29,11 +29,14 @@ __all__ = [
     "check_images_mode",
     "convert_image",
     "decode_image",
+    "find_bad_images",
     "image_mode",
     "list_image_files",
     "list_image_names",
     "load_image",
+    "probe_image",
     "read_problem",
+    "report_bad_images",
     "unreadable_image_error",
     "usable_cores",
 ]
@@ -435,8 +438,27 @@ def check_images(
         ValueError: A file cannot be read and ``skip_bad_images`` is False, or an unknown ``mode``.
     """
     check_images_mode(mode, "mode")
+    bad = find_bad_images(paths, mode)
+    report_bad_images(paths, bad, skip_bad_images, what, stacklevel=4)
+    skipped = {i for i, _ in bad}
+    return [i for i in range(len(paths)) if i not in skipped]
+
+
+def find_bad_images(paths: Sequence[str | os.PathLike[str]], mode: str = "full") -> list[tuple[int, str]]:
+    """The files that fail the ``mode`` check, as ``(index, problem)`` pairs in index order.
+
+    The checking half of [`check_images`][autotimm.data.check_images]: in threads, nothing raised or warned.
+
+    Args:
+        paths: The image files.
+        mode: ``"full"``, ``"header"`` or ``"none"`` (see `CHECK_IMAGES_MODES`).
+
+    Raises:
+        ValueError: An unknown ``mode``.
+    """
+    check_images_mode(mode, "mode")
     if mode == "none":
-        return list(range(len(paths)))
+        return []
     probe = _problem if mode == "full" else _header_problem
     workers = min(8, os.cpu_count() or 1)
     bad: list[tuple[int, str]] = []
@@ -444,6 +466,29 @@ def check_images(
         for first in range(0, len(paths), _CHECK_CHUNK):
             chunk = [paths[i] for i in range(first, min(first + _CHECK_CHUNK, len(paths)))]
             bad += [(first + i, p) for i, p in enumerate(pool.map(probe, chunk, chunksize=64)) if p is not None]
+    return bad
+
+
+def report_bad_images(
+    paths: Sequence[str | os.PathLike[str]],
+    bad: Sequence[tuple[int, str]],
+    skip_bad_images: bool,
+    what: str = "images",
+    stacklevel: int = 3,
+) -> None:
+    """Raise on the first bad file, or warn once counting them with ``skip_bad_images`` (nothing when none is bad).
+
+    Args:
+        paths: The image files.
+        bad: ``(index, problem)`` pairs, as [`find_bad_images`][autotimm.data.images.find_bad_images] gives them.
+        skip_bad_images: Warn instead of raising.
+        what: How the files are named in messages.
+        stacklevel: The warning's ``stacklevel``.
+
+    Raises:
+        FileNotFoundError: The first bad file is missing and ``skip_bad_images`` is False.
+        ValueError: The first bad file cannot be read and ``skip_bad_images`` is False.
+    """
     if bad and not skip_bad_images:
         index, problem = bad[0]
         more = f" ({len(bad) - 1} more bad files)" if len(bad) > 1 else ""
@@ -454,7 +499,10 @@ def check_images(
             f"Skipped {len(bad)} unreadable image file(s) of {len(paths)} {what} (skip_bad_images=True), "
             f"e.g. {examples}",
             UserWarning,
-            stacklevel=3,
+            stacklevel=stacklevel,
         )
-    skipped = {i for i, _ in bad}
-    return [i for i in range(len(paths)) if i not in skipped]
+
+
+def probe_image(path: str | os.PathLike[str], mode: str = "full") -> str | None:
+    """Why one file fails the ``mode`` check (``"full"`` or ``"header"``), or ``None`` when it passes."""
+    return (_problem if mode == "full" else _header_problem)(path)

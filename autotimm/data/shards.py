@@ -511,10 +511,10 @@ class ShardTable:
         return convert_image(decode_image(data, draft_size=draft_size), in_chans)
 
     def subset(self, indices: Sequence[int]) -> Any:
-        """Raise: shards are streamed as written; subsets (cross-validation, `auto_fit`) need a source in memory."""
+        """Raise: shards are streamed as written; subsets (cross-validation's folds) need a source in memory."""
         raise ValueError(
-            "Shards stream each split as it was written and cannot be subset or merged (cross-validation, auto_fit "
-            "and derived data modules need that); use the source folder or CSV they were written from"
+            "Shards stream each split as it was written and cannot be subset or merged (cross-validation's folds "
+            "and auto_fit's refit need that); use the source folder or CSV they were written from"
         )
 
     def __getstate__(self) -> dict[str, Any]:

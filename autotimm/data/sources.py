@@ -30,14 +30,18 @@ from autotimm.data.images import (
 )
 
 __all__ = [
+    "HF_PREFIX",
     "SampleTable",
     "SourceData",
     "data_source",
     "drop_bad_images",
+    "has_files",
+    "keep_files",
     "read_arrays",
     "read_builtin",
     "read_folder",
     "sorted_class_names",
+    "source_paths",
     "unknown_labels_error",
 ]
 
@@ -401,14 +405,33 @@ def drop_bad_images(source: SourceData, skip_bad_images: bool = False, mode: str
             image, or an unknown ``mode``.
     """
     check_images_mode(mode, "check_images")
+    if not has_files(source) or mode == "none":
+        return source
+    paths = source_paths(source)
+    return keep_files(source, check_images(paths, skip_bad_images, mode=mode))
+
+
+def has_files(source: SourceData) -> bool:
+    """Whether ``source`` holds image files (a folder or CSV), the ones set-up checks."""
+    return source.splits["train"].root is not None
+
+
+def source_paths(source: SourceData) -> Sequence[str]:
+    """The image files of every split of a file source, one split after the other (made as strings when read)."""
+    return _TablePaths(list(source.splits.values()))
+
+
+def keep_files(source: SourceData, good: Sequence[int]) -> SourceData:
+    """``source`` with only the files at ``good`` (indices into `source_paths`), each split keeping its own.
+
+    Raises:
+        ValueError: No training file is left.
+    """
     tables = source.splits
-    if tables["train"].root is None or mode == "none":
+    total = sum(len(t) for t in tables.values())
+    if len(good) == total:  # nothing to drop: the tables are kept as they are
         return source
-    paths = _TablePaths(list(tables.values()))
-    good = check_images(paths, skip_bad_images, mode=mode)
-    if len(good) == len(paths):  # nothing to drop: the tables are kept as they are
-        return source
-    kept = np.zeros(len(paths), dtype=bool)
+    kept = np.zeros(total, dtype=bool)
     kept[np.asarray(good, dtype=np.int64)] = True
     splits, start = {}, 0
     for split, table in tables.items():
@@ -419,34 +442,76 @@ def drop_bad_images(source: SourceData, skip_bad_images: bool = False, mode: str
     return SourceData(splits, source.class_names, source.multi_label, source.description)
 
 
+#: The files in a folder that ``datasets``' ``save_to_disk`` writes (one of them is enough).
+_SAVED_DATASET_FILES = ("dataset_dict.json", "state.json", "dataset_info.json")
+#: The prefix of a Hugging Face Hub dataset name given as DATA (``hf:user/name``).
+HF_PREFIX = "hf:"
+
+
+def _is_parquet_folder(path: Path) -> bool:
+    """Whether a folder holds Parquet files at its top or in ``data/`` (a Hub repository's layout)."""
+    return any(path.glob("*.parquet")) or any(path.glob("data/*.parquet"))
+
+
 def data_source(data: str, option: str = "--data") -> dict[str, Any]:
-    """The ``ImageDataModule`` source argument for DATA: a class folder, a CSV file or a built-in dataset name.
+    """The ``ImageDataModule`` source argument for DATA, as the command line takes it.
+
+    Recognised, in this order:
+
+    - ``hf:NAME``: a Hugging Face dataset on the Hub (``hf:user/name``; needs network or the cache);
+    - an object-store URL (``s3://``, ``gs://``, ``azure://``, ...): shards written by ``autotimm shard``;
+    - a folder holding ``autotimm_shards.json``: shards written by ``autotimm shard``;
+    - a folder written by ``datasets``' ``save_to_disk`` (``dataset_dict.json``, ``state.json`` or
+      ``dataset_info.json`` in it), a ``.parquet`` file, a glob of Parquet files, or a folder with
+      ``.parquet`` files at its top or in ``data/``: a Hugging Face dataset;
+    - any other folder: a class folder; a ``.csv`` file: a CSV file; else a built-in dataset name.
 
     Args:
         data: What was given.
         option: How the argument is named in messages.
 
     Returns:
-        ``{"data_dir": path}``, ``{"train_csv": path}`` or ``{"dataset": name}``.
+        ``{"data_dir": path}``, ``{"train_csv": path}``, ``{"shards": location}``,
+        ``{"hf_dataset": location}`` or ``{"dataset": name}``.
 
     Raises:
-        FileNotFoundError: Not an existing folder or CSV file, nor a built-in name (the message lists them).
-        ValueError: A file that is not a ``.csv``.
+        FileNotFoundError: Not an existing folder or file, nor a URL, a ``hf:`` name or a built-in name (the
+            message lists what is accepted).
+        ValueError: A file that is not a ``.csv`` or ``.parquet``, or ``hf:`` without a name.
     """
+    from autotimm.data.shards import SHARD_INFO_FILE, is_remote
+
+    if data.startswith(HF_PREFIX):
+        name = data[len(HF_PREFIX) :].strip()
+        if not name:
+            raise ValueError(f"{option} {data!r}: give the Hub dataset's name after 'hf:', e.g. 'hf:user/name'")
+        return {"hf_dataset": name}
+    if is_remote(data):
+        return {"shards": data}
     path = Path(data).expanduser()
     if path.is_dir():
+        if (path / SHARD_INFO_FILE).is_file():
+            return {"shards": path}
+        if any((path / name).is_file() for name in _SAVED_DATASET_FILES) or _is_parquet_folder(path):
+            return {"hf_dataset": str(path)}
         return {"data_dir": path}
     if path.is_file():
+        if path.suffix.lower() == ".parquet":
+            return {"hf_dataset": str(path)}
         if path.suffix.lower() != ".csv":
             raise ValueError(
-                f"{option} {data!r} is a file but not a .csv; pass a class folder, a CSV file or a dataset name"
+                f"{option} {data!r} is a file but not a .csv or .parquet; pass a class folder, a CSV file, a shard "
+                "folder, a Hugging Face dataset folder or Parquet files, or a dataset name"
             )
         return {"train_csv": path}
+    if any(char in data for char in "*?[") and data.endswith(".parquet"):
+        return {"hf_dataset": data}
     from autotimm.data.builtin import list_builtin_datasets
 
     names = list_builtin_datasets()
     if data in names:
         return {"dataset": data}
     raise FileNotFoundError(
-        f"{option} {data!r} is not an existing folder or CSV file, nor a built-in dataset ({', '.join(names)})"
+        f"{option} {data!r} is not an existing folder or file, an object-store URL of shards, nor a built-in "
+        f"dataset ({', '.join(names)}); a Hugging Face Hub dataset is given as 'hf:user/name'"
     )
