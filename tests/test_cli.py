@@ -165,12 +165,12 @@ def test_train_without_validation_split(run, workdir):
 def test_train_passes_fine_tuning_options_to_the_model(run, workdir):
     out_dir = workdir / "finetune"
     args = ["train", "--config", str(run["out_dir"] / "config.yaml"), "--output-dir", str(out_dir)]
-    args += ["--layer-decay", "0.8", "--ema-decay", "0.9", "--channels-last"]
+    args += ["--layer-decay", "0.8", "--ema-decay", "0.9", "--no-channels-last"]
     args += ["--unfreeze-schedule", '{"0": 0, "1": "all"}', "--backbone", "test_resnet"]
     code, _, err = _run(args)
     assert code == 0, err
     hparams = ImageClassifier.load(out_dir / "checkpoints" / "last.ckpt").hparams
-    assert (hparams.layer_decay, hparams.ema_decay, hparams.channels_last) == (0.8, 0.9, True)
+    assert (hparams.layer_decay, hparams.ema_decay, hparams.channels_last) == (0.8, 0.9, False)
     assert hparams.unfreeze_schedule == {0: 0, 1: "all"}
     code, line = _error(["train", "--data", run["data"], "--cache-features"])
     assert code == 1 and "needs `freeze_backbone=True`" in line

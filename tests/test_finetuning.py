@@ -288,7 +288,7 @@ def test_cached_and_uncached_linear_probes_agree(tmp_path):
 
 
 def test_the_cache_pass_runs_channels_last_in_large_batches_and_restores_the_backbone(tmp_path):
-    model = _classifier(freeze_backbone=True, cache_features=True)
+    model = _classifier(freeze_backbone=True, cache_features=True, channels_last=False)
     data = _array_module(tmp_path)
     batch_sizes = []
     eval_dataloader = data.eval_dataloader
@@ -371,11 +371,13 @@ def test_cache_features_on_a_plain_trainer_warns_and_trains_on_images(train_load
 
 
 # --------------------------------------------------------------- channels_last
-def test_channels_last_gives_the_same_logits_and_trains(train_loader):
-    plain = _classifier()
-    fast = _classifier(channels_last=True)
+def test_channels_last_is_the_default_gives_the_same_logits_and_trains(train_loader):
+    plain = _classifier(channels_last=False)
+    fast = _classifier()  # channels-last by default
     fast.load_state_dict(plain.state_dict())
+    assert fast.hparams.channels_last is True and not plain.hparams.channels_last
     assert fast.backbone.conv1[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert plain.backbone.conv1[0].weight.is_contiguous()
     x = torch.randn(3, 3, 32, 32)
     plain.eval(), fast.eval()
     np.testing.assert_allclose(plain(x).detach().numpy(), fast(x).detach().numpy(), atol=1e-5)

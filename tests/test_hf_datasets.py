@@ -336,3 +336,22 @@ def test_cli_train_and_evaluate_on_a_save_to_disk_folder(forms, tmp_path):
     )
     assert code == 0, err
     assert "Evaluated 9 images of the 'val' split" in out
+
+
+def test_cli_shard_writes_a_hugging_face_dataset_as_shards_that_train(forms, tmp_path, capsys, single_thread):
+    pytest.importorskip("litdata")
+    from autotimm.cli import main
+
+    output = tmp_path / "shards"
+    assert main(["shard", forms["save_to_disk"], str(output), "--shard-size", "4KB", "--seed", "0", "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "Wrote 36 images" in out
+    data = ImageDataModule(shards=output, image_size=SIZE, batch_size=8, num_workers=0, seed=0)
+    data.setup("fit")
+    assert data.class_names == CLASSES
+    # The DatasetDict's 9 validation rows stay the validation split; the test split comes from its 27 training rows.
+    assert [len(data.tables[split]) for split in ("train", "val", "test")] == [24, 9, 3]
+    val = data.tables["val"]
+    seen = [sample_number(val.load(i)) for i in range(len(val))]
+    expected = [sample_number(row["picture"]) for row in forms["dataset_dict"]["validation"]]
+    assert sorted(seen) == sorted(expected)  # the validation rows, not a new split of the training ones

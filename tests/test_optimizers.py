@@ -381,3 +381,32 @@ def test_image_classifier_rejects_an_unknown_optimizer_at_construction():
         ImageClassifier(TINY_BACKBONE, num_classes=2, optimizer="adam_w")
     with pytest.raises(ValueError, match=r"`optimizer_kwargs` must be a dict or None, got \['eps'\]"):
         ImageClassifier(TINY_BACKBONE, num_classes=2, optimizer_kwargs=["eps"])
+
+
+@pytest.mark.parametrize("name", ["adamw", "adam", "sgd"])
+def test_adam_and_sgd_use_the_fused_kernel_and_step_as_the_foreach_path_does(name):
+    fused_model, foreach_model = _mlp(), _mlp()
+    fused = create_optimizer(fused_model, name, lr=0.05)
+    foreach = create_optimizer(foreach_model, name, lr=0.05, optimizer_kwargs={"foreach": True})
+    assert fused.defaults["fused"] is True and not foreach.defaults.get("fused")
+    x, y = _separable_data()
+    for model, optimizer in ((fused_model, fused), (foreach_model, foreach)):
+        for _ in range(5):
+            optimizer.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            optimizer.step()
+    for a, b in zip(fused_model.parameters(), foreach_model.parameters(), strict=True):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+    # Asked for explicitly, a choice of kernel is the user's: fused=False stays off.
+    assert create_optimizer(_mlp(), name, optimizer_kwargs={"fused": False}).defaults["fused"] is False
+
+
+def test_parameters_the_fused_kernel_cannot_take_keep_the_default_path():
+    from autotimm.optim.optimizers import _can_fuse
+
+    model = _mlp()
+    assert _can_fuse(model.parameters())
+    assert not _can_fuse([])
+    assert not _can_fuse([nn.Parameter(torch.zeros(2, dtype=torch.int64), requires_grad=False)])
+    assert create_optimizer(_mlp().double(), "adamw").defaults["fused"] is True  # float64 is floating too
+    assert create_optimizer(_mlp(), "rmsprop").defaults.get("fused") is None  # no fused kernel: untouched

@@ -244,3 +244,18 @@ def test_cli_train_and_evaluate_on_a_shard_folder(written, tmp_path):
     )
     assert code == 0, err
     assert f"Evaluated {len(source.tables['val'])} images of the 'val' split" in out
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_cli_auto_searches_on_a_shard_folder(written, tmp_path):
+    pytest.importorskip("optuna")
+    root, source, _ = written
+    out = tmp_path / "auto"
+    args = ["auto", "--data", str(root / "shards"), "--time-limit", "30s", "--n-trials", "1"]
+    args += ["--backbones", "test_resnet", "--image-size", "16", "--seed", "0", "--no-tta", "--output-dir", str(out)]
+    code, stdout, err = _cli(args)
+    assert code == 0, err
+    assert "auto_fit trials" in stdout and (out / "best.ckpt").is_file()
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["train_images"] == len(source.tables["train"]) and summary["n_trials"] == 1
+    assert ImageClassifier.load(out / "best.ckpt").class_names == ["a", "b", "c"]

@@ -44,7 +44,7 @@ class Recipe:
     lr: float = default_lr(pretrained=False)
     pretrained_lr: float | None = default_lr(pretrained=True)
     weight_decay: float = 1e-4
-    channels_last: bool = False
+    channels_last: bool = True
     cpu_bf16: bool = False
 
     def base_lr(self, pretrained: bool) -> float:

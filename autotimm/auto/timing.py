@@ -108,7 +108,7 @@ def measure_steps(
     device: torch.device,
     precision: Any = None,
     steps: int = 2,
-    channels_last: bool = False,
+    channels_last: bool = True,
 ) -> tuple[dict[str, float], dict[str, str]]:
     """Time training steps of each candidate.
 

@@ -90,7 +90,8 @@ class TrainConfig:
             '{"0": 0, "2": 1, "4": "all"}'.
         ema_decay: Validate and save an exponential moving average of the weights with this decay in (0, 1), e.g.
             0.999; null for none.
-        channels_last: Channels-last memory format (faster convolutions on recent CPUs and GPUs).
+        channels_last: Channels-last memory format (faster convolutions on CPUs and GPUs); --no-channels-last for
+            PyTorch's contiguous format.
         compile: Compile the backbone and head with torch.compile: --compile alone is mode default; or
             reduce-overhead (CUDA graphs) or max-autotune. Worth it on a GPU for long runs; the first batch
             waits for the compilation (tens of seconds). A model that fails to compile runs eagerly, with a
@@ -163,7 +164,7 @@ class TrainConfig:
     layer_decay: float | None = None
     unfreeze_schedule: dict[str, int | str] | None = None
     ema_decay: float | None = None
-    channels_last: bool = False
+    channels_last: bool = True
     compile: Literal["default", "reduce-overhead", "max-autotune"] | None = field(
         default=None, metadata=optional_value("default")
     )
