@@ -5,7 +5,7 @@ Reads the 60,000 training and 10,000 test images offline from Debian's
 holds out 10% of the training images for validation, runs
 ``autotimm.auto_fit(data, time_limit, preset)`` and evaluates the returned model
 on the untouched test split, as it predicts (with the test-time augmentation
-``auto_fit`` chose, if any) and without test-time augmentation. The target is at least 93% test accuracy inside
+``auto_fit`` chose, if any) and without test-time augmentation. The target is at least 94.0% test accuracy inside
 the budget on 2 CPU cores.
 
 Usage::
@@ -30,7 +30,7 @@ from rich.table import Table
 
 import autotimm
 
-TARGET = 0.93
+TARGET = 0.94
 
 
 def main() -> None:

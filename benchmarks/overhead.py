@@ -9,8 +9,9 @@ library, ... in ``--repeats`` rounds), each path trains ``--steps`` steps:
 
 - ``plain``: ``model(x)``, cross-entropy, ``backward``, ``optimizer.step()``,
   ``zero_grad`` on the same backbone + linear head, with the settings
-  ``ImageClassifier`` defaults to: torch's fused AdamW, and the model and each
-  batch in channels-last memory format.
+  ``ImageClassifier`` defaults to: torch's fused AdamW over two parameter groups
+  (weight decay on weights only, as timm's ``train.py`` groups them), and the
+  model and each batch in channels-last memory format.
 - ``defaults``: ``ImageClassifier(BackboneConfig("overhead_tiny", pretrained=False), num_classes=10)``
   with what a user gets: the default metrics (accuracy, top-5, macro F1), the
   per-step cosine schedule, the TensorBoard logger, the progress bar, the
@@ -53,6 +54,7 @@ from typing import Any
 
 import pytorch_lightning as pl
 import timm
+import timm.optim
 import torch
 from pytorch_lightning import Callback
 from timm.models import register_model
@@ -132,8 +134,10 @@ def plain_model(name: str) -> nn.Module:
 
 
 def plain_optimizer(model: nn.Module) -> torch.optim.Optimizer:
-    """AdamW as ``ImageClassifier`` builds it by default: torch's fused kernel."""
-    return torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=1e-4, fused=True)
+    """AdamW as ``ImageClassifier`` and timm's ``train.py`` build it: no weight decay on biases and norms
+    (two parameter groups, timm's ``param_groups_weight_decay``), and torch's fused kernel."""
+    groups = timm.optim.param_groups_weight_decay(model, weight_decay=1e-4)
+    return torch.optim.AdamW(groups, lr=1e-3, fused=True)
 
 
 class StepClock(Callback):

@@ -10,7 +10,8 @@ from torch.utils.data import DataLoader
 from autotimm.data import ImageDataModule
 from autotimm.data.array_batches import ArrayBatchDataset, supports_batched_arrays
 from autotimm.data.dataset import ImageDataset
-from autotimm.data.transforms import build_train_transform, crop_padding, list_augmentation_presets
+from autotimm.data.images import crop_padding
+from autotimm.data.transforms import build_train_transform, list_augmentation_presets
 
 
 def module(shape=(40, 12, 12), in_chans=1, image_size=12, augmentation="none", seed=0):

@@ -60,7 +60,8 @@ def test_sizes_follow_the_images():
     assert choose_image_size(28, fast) == 28  # Fashion-MNIST stays native
     assert choose_image_size(500, fast) == fast.max_image_size
     assert fast.candidates(28) == fast.small_image_backbones and fast.candidates(128) == fast.backbones
-    assert choose_batch_size(48_000, 28) == 256 and choose_batch_size(48_000, 224) == 64
+    assert choose_batch_size(48_000, 28) == 512 and choose_batch_size(48_000, 64) == 256
+    assert choose_batch_size(48_000, 224) == 64
     assert choose_batch_size(100, 32) == 16
 
 
@@ -85,14 +86,23 @@ def test_final_training_fills_more_of_the_time_once_calibrated():
     assert final_safety(model) == FINAL_SAFETY
 
 
-@pytest.mark.parametrize(("plain", "flipped", "used"), [(0.80, 0.85, True), (0.85, 0.80, False), (0.8, 0.8, False)])
-def test_flip_tta_is_kept_only_when_it_scores_higher(plain, flipped, used, monkeypatch):
+@pytest.mark.parametrize(
+    ("scores", "kept"),
+    [
+        ({"none": 0.80, "flip": 0.85, "flip_crops": 0.84}, "flip"),
+        ({"none": 0.85, "flip": 0.80, "flip_crops": 0.85}, "none"),  # a tie with a cheaper mode keeps the cheaper
+        ({"none": 0.80, "flip": 0.80, "flip_crops": 0.80}, "none"),
+        ({"none": 0.80, "flip": 0.82, "flip_crops": 0.83}, "flip_crops"),
+        ({"none": 0.80, "flip": 0.79, "flip_crops": 0.81}, "flip_crops"),
+    ],
+)
+def test_a_test_time_augmentation_is_kept_only_when_it_scores_higher(scores, kept, monkeypatch):
     import types
 
     import autotimm.auto.finish as finish
 
     model = ImageClassifier(BackboneConfig("test_resnet", pretrained=False), num_classes=3)
-    monkeypatch.setattr(finish, "_val_score", lambda state, m: flipped if m.default_tta == "flip" else plain)
+    monkeypatch.setattr(finish, "_val_score", lambda state, m: scores[m.default_tta])
     state = types.SimpleNamespace(
         tta=True,
         search_tables={"val": list(range(10))},
@@ -104,8 +114,9 @@ def test_flip_tta_is_kept_only_when_it_scores_higher(plain, flipped, used, monke
     )
     final = finish.FinalTraining(ran=True, note="", used=True, trained_on="train")
     info = finish._choose_tta(state, model, final, "test_resnet")
-    assert info["used"] is used and (info["plain"], info["flip"]) == (plain, flipped)
-    assert model.default_tta == ("flip" if used else "none")
+    assert (info["plain"], info["flip"], info["flip_crops"]) == (scores["none"], scores["flip"], scores["flip_crops"])
+    assert info["mode"] == kept and info["used"] is (kept != "none") and model.default_tta == kept
+    assert f"TTA {kept} kept on 10 images" in info["note"]
     refit = finish._choose_tta(state, model, replace(final, trained_on="train+val"), "test_resnet")
     assert not refit["used"] and "trained on the validation images" in refit["note"]
     state.tta = False
@@ -413,11 +424,11 @@ def test_a_search_too_short_is_skipped_and_the_final_training_gets_the_budget(tm
     assert summary["final"]["score"] > 0.2
     if "plain" in tta:  # scored both ways; on a busy machine the time check may skip it, and says so
         assert tta["plain"] == pytest.approx(summary["final"]["score"], abs=1e-6)
-        assert result.best_score == (tta["flip"] if tta["used"] else tta["plain"])
+        assert result.best_score == tta[tta["mode"] if tta["used"] else "plain"]
     else:
         assert tta["note"].startswith("not tried: scoring it needs") and not tta["used"]
         assert result.best_score == pytest.approx(summary["final"]["score"], abs=1e-6)
-    assert result.model.default_tta == ("flip" if tta["used"] else "none")
+    assert result.model.default_tta == tta["mode"] and tta["used"] == (tta["mode"] != "none")
     assert result.time_used <= 15 * 1.15 + 5 and (tmp_path / "best.ckpt").is_file()
 
 

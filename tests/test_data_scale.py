@@ -114,6 +114,19 @@ def test_check_images_header_full_and_none(tmp_path):
     assert len(dm.tables["train"]) == 8
 
 
+def test_bad_files_are_found_at_their_places_across_tasks_and_chunks(tmp_path, monkeypatch):
+    import autotimm.data.images as images
+
+    monkeypatch.setattr(images, "_CHECK_CHUNK", 64)  # several chunks, each of several thread tasks
+    monkeypatch.setattr(images, "_CHECK_TASK", 5)
+    good = tmp_path / "good.png"
+    Image.new("RGB", (4, 4)).save(good)
+    missing = {0, 4, 5, 63, 64, 130, 199}
+    paths = [tmp_path / f"missing-{i}.png" if i in missing else good for i in range(200)]
+    bad = images.find_bad_images(paths, mode="header")
+    assert [i for i, _ in bad] == sorted(missing) and all(problem == "file not found" for _, problem in bad)
+
+
 # ------------------------------------------------------------------ bad files while training
 def test_files_corrupted_after_setup_are_skipped_replaced_counted_and_listed(tmp_path, single_thread):
     root = _jpeg_folder(tmp_path / "d", per_class=10)

@@ -146,6 +146,9 @@ def test_auto_fit_presets_start_from_the_default_lr_rule(monkeypatch):
     assert ADAMW_COSINE.base_lr(pretrained=True) == default_lr(pretrained=True)
     assert Recipe().base_lr(pretrained=True) == default_lr(pretrained=True)
     assert SGD_ONECYCLE.base_lr(pretrained=False) == SGD_ONECYCLE.base_lr(pretrained=True) == 0.2  # its own rule
+    # Linear scaling above the batch its rate is for (256); never below it.
+    assert SGD_ONECYCLE.base_lr(False, batch_size=512) == 0.4 and SGD_ONECYCLE.base_lr(False, batch_size=32) == 0.2
+    assert ADAMW_COSINE.base_lr(False, batch_size=512) == ADAMW_COSINE.lr  # no rule: the same rate
     for preset in PRESETS.values():
         space = preset.space_for(224)
         assert space.recipe.optimizer == "adamw"

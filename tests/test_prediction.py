@@ -398,3 +398,22 @@ def test_predict_logits_checks_batch_size_and_tta(tiny):
         tiny.predict_logits(image, batch_size=0)
     with pytest.raises(ValueError, match="`tta` must be"):
         tiny.predict_logits(image, tta="sideways")
+
+
+def test_crops_of_an_image_used_whole_are_the_crop_flip_shifts():
+    # crop_pct 1 (small images used whole): the corners are the image shifted by crop_flip's padding (2 px at
+    # 28 px), the border filled with black, as the training augmentation fills it; not five copies of the centre.
+    config = {"input_size": [1, 28, 28], "crop_pct": 1.0, "mean": [0.0], "std": [1.0], "interpolation": "bilinear"}
+    pre = Preprocessor(config)
+    pixels = np.random.default_rng(0).integers(1, 256, (28, 28), dtype=np.uint8)
+    views = pre.views(Image.fromarray(pixels), "flip_crops")
+    scaled = pixels / np.float32(255)
+    np.testing.assert_array_equal(views[0, 0], scaled)  # the centre crop is the image
+    top_left = np.zeros((28, 28), np.float32)
+    top_left[2:, 2:] = scaled[:-2, :-2]  # content moved 2 px down and right
+    np.testing.assert_allclose(views[1, 0], top_left)
+    np.testing.assert_allclose(views[4, 0, :-2, :-2], scaled[2:, 2:])
+    assert len({view.tobytes() for view in views}) == 10
+    # With a margin (crop_pct < 1) the corners are those of the resized image, as before.
+    margin = Preprocessor({**config, "crop_pct": 0.875})
+    assert margin.views(Image.fromarray(pixels), "crops")[1].min() > 0  # no padding: every pixel is the image's

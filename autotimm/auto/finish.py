@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import operator
 import shutil
 import time
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ from autotimm.auto.results import AutoFitResult
 from autotimm.auto.timing import TimeModel
 from autotimm.auto.trials import TrialOutcome, TrialSpec, run_training
 from autotimm.data.sources import SampleTable
+from autotimm.prediction.preprocess import Preprocessor
 
 __all__ = [
     "CALIBRATED_SAFETY",
@@ -316,29 +318,55 @@ def _final_training(state: SearchState, best: dict[str, Any]) -> FinalTraining:
     return _run_final(state, best, tables, plan)
 
 
+#: The test-time augmentations ``auto_fit`` tries on the returned model, in this order (cheapest first).
+TTA_CANDIDATES = ("flip", "flip_crops")
+
+
 def _choose_tta(state: SearchState, model: Any, final: FinalTraining, backbone: str) -> dict[str, Any]:
-    """Turn flip test-time augmentation on for ``model`` if it raises the validation score (rank 0 decides)."""
+    """Give ``model`` the test-time augmentation that scores best on the validation images (rank 0 decides).
+
+    The model is scored without TTA, then with each of `TTA_CANDIDATES` whose
+    views fit the time left; a mode is kept only when it scores strictly better
+    than every cheaper one. The answer has the scores by mode (``"plain"`` for
+    none), the ``"mode"`` kept and whether one is ``"used"``.
+    """
     if not state.tta:
-        return {"used": False, "note": "not tried (tta=False)"}
+        return {"used": False, "mode": "none", "note": "not tried (tta=False)"}
     if final.trained_on_val:
-        return {"used": False, "note": "not tried: the model trained on the validation images"}
+        return {"used": False, "mode": "none", "note": "not tried: the model trained on the validation images"}
     images = len(state.search_tables["val"])
 
     def decide() -> dict[str, Any]:  # rank 0's time model and clock: every rank gets the same answer
         tm = state.time_model
-        need = 3 * tm.epoch_seconds(backbone, 0, images) if backbone in tm.step_seconds else 0
-        left = state.start + state.limit - state.reserve - time.monotonic()
-        if need > left:
-            return {"used": False, "note": f"not tried: scoring it needs ~{need:.0f}s, {max(left, 0):.0f}s were left"}
-        plain = _val_score(state, model)
-        model.hparams.tta = "flip"
-        flipped = _val_score(state, model)
-        better = flipped > plain if state.settings.mode == "max" else flipped < plain
-        verdict = "used" if better else "not used"
-        return {"used": better, "plain": plain, "flip": flipped, "note": f"flip TTA: {verdict} on {images} images"}
+        one_pass = tm.epoch_seconds(backbone, 0, images) if backbone in tm.step_seconds else 0.0
+
+        def left() -> float:
+            return state.start + state.limit - state.reserve - time.monotonic()
+
+        need = (1 + Preprocessor.num_views("flip")) * one_pass
+        if need > left():
+            return {"used": False, "mode": "none", "note": f"not tried: scoring it needs ~{need:.0f}s, "
+                    f"{max(left(), 0):.0f}s were left"}  # fmt: skip
+        better = operator.gt if state.settings.mode == "max" else operator.lt
+        model.hparams.tta = "none"
+        info: dict[str, Any] = {"plain": _val_score(state, model)}
+        best, best_score, skipped = "none", info["plain"], []
+        for mode in TTA_CANDIDATES:
+            if Preprocessor.num_views(mode) * one_pass > left():
+                skipped.append(mode)
+                continue
+            model.hparams.tta = mode
+            info[mode] = _val_score(state, model)
+            if better(info[mode], best_score):
+                best, best_score = mode, info[mode]
+        tried = ", ".join(f"{mode} {info[mode]:.4f}" for mode in TTA_CANDIDATES if mode in info)
+        note = f"TTA {best} kept on {images} images (none {info['plain']:.4f}, {tried})"
+        if skipped:
+            note += f"; {', '.join(skipped)} not tried (time)"
+        return {**info, "used": best != "none", "mode": best, "note": note}
 
     info = on_rank_zero(decide)
-    model.hparams.tta = "flip" if info["used"] else "none"
+    model.hparams.tta = info["mode"]
     return info
 
 
@@ -420,7 +448,7 @@ def finish(state: SearchState, rows: list[dict[str, Any]], verbose: bool) -> Aut
         score = tta["plain"]
         source += ", re-scored as predict runs it"
     if tta["used"] and score is not None:
-        score, source = tta["flip"], f"{source}, with flip TTA"
+        score, source = tta[tta["mode"]], f"{source}, with {tta['mode']} TTA"
     result_model, ensemble_info = _ensemble(state, scored, model, final)
     barrier()
     config = {key: best[key] for key in _CONFIG_KEYS}

@@ -484,7 +484,9 @@ def default_config(state: SearchState, backbone: str) -> dict[str, Any]:
     space = state.space
     params: dict[str, Any] = {
         "backbone": backbone,
-        "lr": min(max(space.recipe.base_lr(state.settings.pretrained), space.lr[0]), space.lr[1]),
+        "lr": min(
+            max(space.recipe.base_lr(state.settings.pretrained, state.settings.batch_size), space.lr[0]), space.lr[1]
+        ),
         "weight_decay": min(max(space.recipe.weight_decay, space.weight_decay[0]), space.weight_decay[1]),
         "label_smoothing": min(0.1, space.label_smoothing),
         "mixup_alpha": 0.0,

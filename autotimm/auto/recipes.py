@@ -35,6 +35,8 @@ class Recipe:
         channels_last: Train in channels-last memory format (faster convolutions).
         cpu_bf16: Train under bf16 autocast on CPUs with native bf16 (AVX512-BF16 or AMX), unless
             ``trainer_kwargs`` name a ``precision``.
+        lr_batch_size: The batch size ``lr`` is meant for: larger batches scale it linearly (the linear
+            scaling rule of Goyal et al., 2017); ``None``: the same rate at every batch size.
     """
 
     optimizer: str = "adamw"
@@ -46,25 +48,29 @@ class Recipe:
     weight_decay: float = 1e-4
     channels_last: bool = True
     cpu_bf16: bool = False
+    lr_batch_size: int | None = None
 
-    def base_lr(self, pretrained: bool) -> float:
+    def base_lr(self, pretrained: bool, batch_size: int | None = None) -> float:
         """The learning rate of the default configuration, by the weights the backbone starts from.
 
         Args:
             pretrained: Whether the backbone starts from pretrained weights.
+            batch_size: The runs' batch size: above ``lr_batch_size`` the rate grows with it.
 
         Returns:
-            ``pretrained_lr`` (or ``lr`` when it is ``None``) for pretrained weights, else ``lr``.
+            ``pretrained_lr`` (or ``lr`` when it is ``None``) for pretrained weights, else ``lr``;
+            times ``batch_size / lr_batch_size`` when that is above 1.
 
         Example:
             >>> ADAMW_COSINE.base_lr(pretrained=False), ADAMW_COSINE.base_lr(pretrained=True)
             (0.003, 0.001)
-            >>> SGD_ONECYCLE.base_lr(pretrained=True)
-            0.2
+            >>> SGD_ONECYCLE.base_lr(pretrained=True), SGD_ONECYCLE.base_lr(False, batch_size=512)
+            (0.2, 0.4)
         """
-        if pretrained and self.pretrained_lr is not None:
-            return self.pretrained_lr
-        return self.lr
+        lr = self.pretrained_lr if pretrained and self.pretrained_lr is not None else self.lr
+        if self.lr_batch_size is not None and batch_size is not None and batch_size > self.lr_batch_size:
+            lr *= batch_size / self.lr_batch_size
+        return lr
 
     def model_kwargs(self) -> dict[str, Any]:
         """The `ImageClassifier` arguments of the recipe (the drawn ``lr`` and ``weight_decay`` excluded)."""
@@ -92,4 +98,5 @@ SGD_ONECYCLE = Recipe(
     weight_decay=5e-4,
     channels_last=True,
     cpu_bf16=True,
+    lr_batch_size=256,
 )

@@ -174,7 +174,7 @@ class AutoFitResult:
             lines.append(f"  final training: {final.get('note', '')}")
         tta = self.details.get("tta") or {}
         if "plain" in tta:
-            lines.append(f"  {tta['note']}: val {self.metric} {tta['plain']:.4f} without, {tta['flip']:.4f} with")
+            lines.append(f"  {tta['note']} (val {self.metric})")
         ensemble = self.details.get("ensemble") or {}
         if ensemble.get("members"):
             score = ensemble.get("score")

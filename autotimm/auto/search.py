@@ -268,8 +268,9 @@ def auto_fit(
             run, e.g. ``{"accelerator": "cpu", "devices": 2, "strategy": "ddp"}``
             or ``{"precision": "bf16-mixed"}``.
         dataset_root: Cache folder of built-in datasets (when ``data`` is a name).
-        tta: Try flip test-time augmentation on the returned model and keep it
-            (``model.hparams.tta == "flip"``) only if it improves the validation score.
+        tta: Try test-time augmentation on the returned model (``"flip"``, then
+            ``"flip_crops"``) and keep the mode (``model.hparams.tta``) only if it
+            improves the validation score over no TTA and over the cheaper mode.
         verbose: Print the trial table and the summary at the end.
         storage: The Optuna storage of the study: ``None`` for a SQLite file
             ``output_dir/study.db``, or a URL such as ``"sqlite:///path.db"`` or

@@ -56,7 +56,7 @@ class AutoConfig:
         output_dir: Folder of trials.csv, summary.json, best.ckpt, the trials and the ensemble.
         metric: Validation metric the trials are ranked by: accuracy, f1_macro, top5_accuracy or loss.
         refit: Finish with a retrain of the best configuration on train+val.
-        tta: Try flip test-time augmentation and keep it if it raises the validation score.
+        tta: Try test-time augmentation (flip, then flip_crops) and keep the mode that raises the validation score.
         ensemble: Average the predictions of the top K trials' models (0 or 1: no ensemble).
         n_trials: Run at most this many trials (>= 1); null: as many as the time allows.
         backbones: Comma-separated timm model names to choose from instead of the preset's.

@@ -30,8 +30,8 @@ import torch
 import torch.nn.functional as F
 
 from autotimm.data.dataset import ImageDataset
+from autotimm.data.images import crop_padding
 from autotimm.data.sources import SampleTable
-from autotimm.data.transforms import crop_padding
 
 __all__ = ["BATCHED_AUGMENTATIONS", "ArrayBatchDataset", "supports_batched_arrays"]
 

@@ -10,6 +10,7 @@ from torch import nn
 from torchvision import transforms as T
 
 from autotimm.checks import is_int
+from autotimm.data.images import crop_padding
 
 __all__ = [
     "AUGMENTATION_PRESETS",
@@ -19,7 +20,6 @@ __all__ = [
     "build_train_transform",
     "check_augmentation",
     "check_image_size",
-    "crop_padding",
     "list_augmentation_presets",
     "make_data_config",
     "resolve_augmentation",
@@ -97,16 +97,6 @@ def resolve_augmentation(augmentation: str, data_config: dict[str, Any]) -> str:
     if augmentation != "auto":
         return augmentation
     return "none" if max(data_config["input_size"][1:]) <= SMALL_IMAGE_SIZE else "light"
-
-
-def crop_padding(height: int, width: int) -> int:
-    """Pixels of zero padding before the random crop of ``"crop_flip"``: 1/14 of the shorter side, at least 2.
-
-    Example:
-        >>> crop_padding(28, 28), crop_padding(32, 32), crop_padding(224, 224)
-        (2, 2, 16)
-    """
-    return max(2, min(height, width) // 14)
 
 
 def _per_channel(values: Sequence[float], in_chans: int) -> list[float]:

@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from autotimm.data.images import convert_image
+from autotimm.data.images import convert_image, crop_padding
 
 __all__ = ["DRAFT_REDUCING_GAP", "TTA_MODES", "Preprocessor", "check_tta"]
 
@@ -27,7 +27,7 @@ DRAFT_REDUCING_GAP = 2.0
 TTA_MODES: dict[str, str] = {
     "none": "the evaluation crop only",
     "flip": "the crop and its horizontal mirror (tta=True)",
-    "crops": "five crops: center and the four corners of the resized image",
+    "crops": "five crops: center and the four corners of the resized image (of the image padded, when used whole)",
     "flip_crops": "the five crops and their mirrors (ten views)",
 }
 
@@ -177,6 +177,19 @@ class Preprocessor:
             left = 0 if where[1] == "l" else max(image.width - width, 0)
         return _crop(image, top, left, height, width, self._fill())
 
+    def _with_margin(self, resized: Image.Image) -> Image.Image:
+        """The resized image, padded when it is no larger than the crop (``crop_pct`` 1: small images used whole).
+
+        Its four corner crops would repeat the centre crop; padded by the margin
+        of the ``"crop_flip"`` training augmentation (`crop_padding`), they are
+        the shifted views that augmentation trains on.
+        """
+        _, height, width = self.input_size
+        if resized.height > height or resized.width > width:
+            return resized
+        pad = crop_padding(height, width)
+        return _crop(resized, 0, 0, resized.height + 2 * pad, resized.width + 2 * pad, self._fill())
+
     def to_array(self, image: Image.Image) -> np.ndarray:
         """Scale a cropped image to ``[0, 1]`` and normalise: ``(C, H, W)`` float32."""
         pixels = np.asarray(image, dtype=np.uint8)
@@ -216,7 +229,7 @@ class Preprocessor:
         if mode in ("none", "flip"):
             crops = [self(image)]
         else:
-            resized = self.resized(image)
+            resized = self._with_margin(self.resized(image))
             crops = [self.to_array(self._crop_at(resized, where)) for where in ("center", "tl", "tr", "bl", "br")]
         if mode in ("flip", "flip_crops"):
             crops += [crop[:, :, ::-1] for crop in crops]
