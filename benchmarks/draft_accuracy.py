@@ -45,27 +45,13 @@ from rich.table import Table
 from autotimm import AutoTrainer, BackboneConfig, ImageClassifier, ImageDataModule
 from autotimm.data.decoding import eval_draft_size
 
-#: skimage.data photos (grey ones repeated to RGB) and scikit-learn's sample photos.
-SKIMAGE_PHOTOS = (
-    "astronaut", "chelsea", "coffee", "rocket", "hubble_deep_field", "immunohistochemistry",
-    "retina", "camera", "coins", "grass", "brick", "moon",
-)  # fmt: skip
-SKLEARN_PHOTOS = ("china.jpg", "flower.jpg")
-
 
 def _photos() -> dict[str, np.ndarray]:
-    import skimage.data
+    """skimage.data's photos of ``benchmarks/recipes.py`` and scikit-learn's sample photos, as RGB uint8."""
+    from recipes import PHOTOS, skimage_photo  # the sibling benchmark script (this folder is on sys.path)
     from sklearn.datasets import load_sample_images
 
-    photos = {}
-    for name in SKIMAGE_PHOTOS:
-        photo = np.asarray(getattr(skimage.data, name)())
-        if photo.ndim == 2:
-            photo = np.repeat(photo[..., None], 3, axis=2)
-        photo = photo[..., :3]
-        if photo.dtype != np.uint8:
-            photo = (255 * (photo / max(photo.max(), 1))).astype(np.uint8)
-        photos[name] = photo
+    photos = {name: skimage_photo(name) for name in PHOTOS}
     sample = load_sample_images()
     for name, image in zip(sample.filenames, sample.images, strict=True):
         photos[Path(name).stem] = np.asarray(image)

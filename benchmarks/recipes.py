@@ -163,20 +163,28 @@ def _stratified(labels, fraction: float, seed: int):
     return np.flatnonzero(~mask), np.flatnonzero(mask)
 
 
+def skimage_photo(name: str):
+    """One of ``skimage.data``'s photos as ``(H, W, 3)`` uint8 (grey ones repeated to RGB)."""
+    import numpy as np
+    import skimage.data
+
+    photo = np.asarray(getattr(skimage.data, name)())
+    if photo.ndim == 2:
+        photo = np.repeat(photo[..., None], 3, axis=2)
+    photo = photo[..., :3]
+    if photo.dtype != np.uint8:
+        photo = (255 * (photo / max(photo.max(), 1))).astype(np.uint8)
+    return photo
+
+
 def _photo_crops(per_class_train: int = 120, per_class_val: int = 40, seed: int = 0):
     """Random square crops (15-40% of the shorter side) of each photo; train from its left 60%, val from the rest."""
     import numpy as np
-    import skimage.data
 
     rng = np.random.default_rng(seed)
     splits = {"train": ([], []), "val": ([], [])}
     for label, name in enumerate(PHOTOS):
-        photo = np.asarray(getattr(skimage.data, name)())
-        if photo.ndim == 2:
-            photo = np.repeat(photo[..., None], 3, axis=2)
-        photo = photo[..., :3]
-        if photo.dtype != np.uint8:
-            photo = (255 * (photo / max(photo.max(), 1))).astype(np.uint8)
+        photo = skimage_photo(name)
         h, w = photo.shape[:2]
         cut = int(w * 0.6)
         for split, count, (lo, hi) in (("train", per_class_train, (0, cut)), ("val", per_class_val, (cut, w))):
