@@ -28,9 +28,9 @@ from pathlib import Path
 from typing import Any
 
 from autotimm.data.images import find_bad_images, probe_image, report_bad_images
-from autotimm.data.ranks import is_rank_zero, write_text_atomically
+from autotimm.data.ranks import is_rank_zero
 from autotimm.data.sources import SourceData, drop_bad_images, has_files, keep_files, source_paths
-from autotimm.data.splits import source_fingerprint
+from autotimm.data.splits import source_fingerprint, write_run_record
 
 __all__ = ["CHECK_FILE_NAME", "WAIT_TIMEOUT_VARIABLE", "check_source_once", "wait_timeout"]
 
@@ -124,13 +124,7 @@ def check_source_once(
                 "bad": [[index, problem] for index, problem in bad],
                 "bad_files": [str(paths[index]) for index, _ in bad],
             }
-            try:
-                write_text_atomically(path, json.dumps(record, indent=1))
-            except OSError as err:
-                raise OSError(
-                    f"Cannot write the image check {str(path)!r} ({err}); pass a writable `output_dir`, "
-                    "or output_dir=None to write no split file"
-                ) from err
+            write_run_record(path, record, "image check")
     else:
         record = _wait_for_record(path, key, paths, mode)
     bad = [(int(index), str(problem)) for index, problem in record["bad"]]

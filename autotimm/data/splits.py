@@ -15,7 +15,7 @@ import numpy as np
 from autotimm.data.ranks import is_rank_zero, write_text_atomically
 from autotimm.data.sources import SampleTable, SourceData
 
-__all__ = ["SPLIT_FILE_NAME", "resolve_splits", "source_fingerprint", "stratified_split"]
+__all__ = ["SPLIT_FILE_NAME", "resolve_splits", "source_fingerprint", "stratified_split", "write_run_record"]
 
 #: Name of the split file written in ``output_dir``.
 SPLIT_FILE_NAME = "splits.json"
@@ -208,11 +208,25 @@ def resolve_splits(
             "class_names": source.class_names,
             "splits": {split: list(table.items) for split, table in tables.items()},
         }
-        try:
-            write_text_atomically(path, json.dumps(record, indent=1))
-        except OSError as err:
-            raise OSError(
-                f"Cannot write the split file {str(path)!r} ({err}); pass a writable `output_dir`, "
-                "or output_dir=None to write no split file"
-            ) from err
+        write_run_record(path, record, "split file")
     return tables
+
+
+def write_run_record(path: Path, record: dict[str, Any], what: str) -> None:
+    """Write a data module's JSON record into the run folder atomically (rank 0 calls it).
+
+    Args:
+        path: The file (``splits.json``, ``checked_images.json``).
+        record: Its content.
+        what: How the file is named in the error.
+
+    Raises:
+        OSError: The file cannot be written; the message names it and the way out (``output_dir``).
+    """
+    try:
+        write_text_atomically(path, json.dumps(record, indent=1))
+    except OSError as err:
+        raise OSError(
+            f"Cannot write the {what} {str(path)!r} ({err}); pass a writable `output_dir`, "
+            "or output_dir=None to write no split file"
+        ) from err
